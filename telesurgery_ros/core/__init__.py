@@ -1,0 +1,1 @@
+"""Pure logic of the stack: no rclpy here; clocks and random sources are passed in."""

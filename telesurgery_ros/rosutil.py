@@ -1,0 +1,215 @@
+"""
+ROS 2 plumbing shared by the node adapters: QoS, parameters, conversions, ``main()``.
+
+Nothing algorithmic lives here; the algorithms are in :mod:`telesurgery_ros.core`.
+"""
+import sys
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+import numpy as np
+from rcl_interfaces.msg import (
+    FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+
+from telesurgery_ros.core.params import check_table, ConfigError, to_namespace, validate_values
+
+# Command and feedback streams: latest wins, no retransmission of stale samples.
+STREAM_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10,
+    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+# Safety state: every transition delivered, and a late joiner gets the current state.
+SAFETY_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Diagnostics and statistics: reliable, low rate.
+DIAGNOSTICS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+# --- parameters -------------------------------------------------------------------------
+
+def _descriptor(spec):
+    desc = ParameterDescriptor(description=spec.full_description(), read_only=spec.read_only)
+    if spec.type is float and (spec.low is not None or spec.high is not None):
+        desc.floating_point_range = [FloatingPointRange(
+            from_value=float(spec.low if spec.low is not None else -sys.float_info.max),
+            to_value=float(spec.high if spec.high is not None else sys.float_info.max),
+            step=0.0)]
+    elif spec.type is int and (spec.low is not None or spec.high is not None):
+        desc.integer_range = [IntegerRange(
+            from_value=int(spec.low if spec.low is not None else -2**63),
+            to_value=int(spec.high if spec.high is not None else 2**63 - 1),
+            step=1)]
+    if spec.choices:
+        desc.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    return desc
+
+
+def declare_parameters(node, table, on_change=None, cross_check=None):
+    """
+    Declare every parameter of ``table`` on ``node``; return the validated config.
+
+    Start-up overrides that are out of range or of the wrong type raise :class:`ConfigError`
+    with one line per problem (``run_node`` prints it and exits with code 2). Later changes
+    (``ros2 param set``) are validated by the same table and rejected with the same message,
+    and the node keeps its previous settings. ``cross_check(config)`` returns a list of
+    problems that involve several parameters (checked at start-up and on every change).
+    Accepted changes are applied to ``node.config`` and passed to ``on_change(config, names)``.
+    """
+    check_table(table)
+    by_name = {p.name: p for p in table}
+    problems = []
+    overrides = getattr(node, '_parameter_overrides', {})
+    for spec in table:
+        default = list(spec.default) if spec.type is list else spec.default
+        given = overrides.get(spec.name)
+        if (spec.type is float and given is not None and isinstance(given.value, int)
+                and not isinstance(given.value, bool)):
+            # `-p rate:=100` or `value: 100` in a launch file means 100.0; rclpy would
+            # refuse the integer for a double parameter.
+            overrides[spec.name] = Parameter(spec.name, value=float(given.value))
+        try:
+            node.declare_parameter(spec.name, default, _descriptor(spec))
+        except ParameterException as exc:
+            # rclpy refused the override (type or range): say it our way, naming the range.
+            value = _override_value(node, spec.name)
+            problems.append(spec.validate(value) if value is not None else
+                            f"parameter '{spec.name}': {exc}")
+    if problems:
+        raise ConfigError(problems)
+    values = {name: node.get_parameter(name).value for name in by_name}
+    config = to_namespace(table, values)
+    if cross_check is not None and cross_check(config):
+        raise ConfigError(cross_check(config))
+    node.config = config
+
+    def validate(params):
+        changes = {p.name: p.value for p in params if p.name in by_name}
+        found = validate_values(table, changes)
+        if not found and cross_check is not None:
+            merged = {name: node.get_parameter(name).value for name in by_name}
+            merged.update(changes)
+            found = cross_check(to_namespace(table, merged))
+        if found:
+            node.get_logger().error('rejected parameter change: ' + '; '.join(found))
+            return SetParametersResult(successful=False, reason='; '.join(found))
+        return SetParametersResult(successful=True)
+
+    def apply(params):
+        names = sorted(p.name for p in params if p.name in by_name)
+        if not names:
+            return
+        values = {name: node.get_parameter(name).value for name in by_name}
+        node.config = to_namespace(table, values)
+        node.get_logger().info('parameters changed: ' + ', '.join(
+            f'{n}={node.get_parameter(n).value!r}' for n in names))
+        if on_change is not None:
+            on_change(node.config, names)
+
+    node.add_on_set_parameters_callback(validate)
+    node.add_post_set_parameters_callback(apply)
+    return node.config
+
+
+def _override_value(node, name):
+    override = getattr(node, '_parameter_overrides', {}).get(name)
+    return None if override is None else override.value
+
+
+# --- conversions --------------------------------------------------------------------------
+
+def stamp_to_sec(stamp):
+    """builtin_interfaces/Time -> float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def sec_to_stamp(seconds):
+    """Float seconds -> builtin_interfaces/Time."""
+    nanos = int(round(seconds * 1e9))
+    return Time(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
+
+
+def pose_to_arrays(pose):
+    """geometry_msgs/Pose -> (position[3], quaternion[4] in x, y, z, w order)."""
+    p, q = pose.position, pose.orientation
+    return np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])
+
+
+def make_pose_stamped(position, quaternion_xyzw, frame_id, stamp):
+    """Build a PoseStamped; ``stamp`` is a builtin_interfaces/Time."""
+    msg = PoseStamped()
+    msg.header.frame_id = frame_id
+    msg.header.stamp = stamp
+    pos, q = msg.pose.position, msg.pose.orientation
+    pos.x, pos.y, pos.z = (float(v) for v in position)
+    q.x, q.y, q.z, q.w = (float(v) for v in quaternion_xyzw)
+    return msg
+
+
+_LEVELS = {'OK': DiagnosticStatus.OK, 'WARN': DiagnosticStatus.WARN,
+           'ERROR': DiagnosticStatus.ERROR, 'STALE': DiagnosticStatus.STALE}
+
+
+def diagnostic_status(name, hardware_id, level, message, values):
+    """Build a DiagnosticStatus; ``level`` is 'OK', 'WARN', 'ERROR' or 'STALE'."""
+    return DiagnosticStatus(
+        level=_LEVELS[level], name=name, hardware_id=hardware_id, message=message,
+        values=[KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()])
+
+
+def diagnostic_array(node, statuses):
+    msg = DiagnosticArray(status=list(statuses))
+    msg.header.stamp = node.get_clock().now().to_msg()
+    return msg
+
+
+def _fmt(value):
+    return f'{value:.6g}' if isinstance(value, float) else str(value)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def run_node(node_class, args=None, executor='events'):
+    """
+    Run one node until Ctrl-C or shutdown; the body of every executable's ``main()``.
+
+    ``executor`` is ``'events'`` (rclpy.experimental.EventsExecutor, cheapest for kHz
+    timers) or ``'single'``. A parameter error is printed as one line per problem and the
+    process exits with code 2, never with a traceback. A node may define ``on_shutdown()``
+    (e.g. command a hold); it runs before the node is destroyed.
+    """
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = node_class()
+        if executor == 'events':
+            from rclpy.experimental import EventsExecutor
+            exe = EventsExecutor()
+        else:
+            exe = rclpy.executors.SingleThreadedExecutor()
+        exe.add_node(node)
+        exe.spin()
+    except ConfigError as exc:
+        name = node_class.__name__ if node is None else node.get_name()
+        for line in exc.problems:
+            print(f'[{name}] configuration error: {line}', file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            hook = getattr(node, 'on_shutdown', None)
+            if hook is not None:
+                hook()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code

@@ -1,0 +1,163 @@
+"""
+Helpers for tests that run the real nodes: node processes and a probe node.
+
+Read like a launch test: start the processes, wait until they are ready, assert while they
+run, then stop them and assert how they exited.
+"""
+import os
+import signal
+import sys
+import threading
+import time
+
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+
+from telesurgery_ros.procman import describe_returncode, ManagedProcess
+
+
+def ros_args(params=None, remaps=None, name=None, namespace=None):
+    """Build ``--ros-args`` for a node: params dict, remaps dict, name and namespace."""
+    args = ['--ros-args']
+    if name:
+        args += ['-r', f'__node:={name}']
+    if namespace:
+        args += ['-r', f'__ns:={namespace}']
+    for src, dst in (remaps or {}).items():
+        args += ['-r', f'{src}:={dst}']
+    for key, value in (params or {}).items():
+        args += ['-p', f'{key}:={_param_text(value)}']
+    return args
+
+
+def _param_text(value):
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (list, tuple)):
+        return '[' + ','.join(_param_text(v) for v in value) + ']'
+    if isinstance(value, str):
+        return f"'{value}'" if value == '' or ',' in value or ':' in value else value
+    return repr(value)
+
+
+class Launcher:
+    """Node processes started by one test; :meth:`stop_all` leaves none behind."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, executable, params=None, remaps=None, name=None, namespace=None,
+              extra_args=(), env=None, echo=True):
+        """Start ``telesurgery_ros.nodes.<executable>`` as its own process."""
+        argv = [sys.executable, '-m', f'telesurgery_ros.nodes.{executable}', *extra_args,
+                *ros_args(params, remaps, name, namespace)]
+        proc = ManagedProcess(name or executable, argv, env={**os.environ, **(env or {})},
+                              sink=_echo if echo else None)
+        self.procs.append(proc.start())
+        return proc
+
+    def start_argv(self, name, argv, env=None, echo=True):
+        proc = ManagedProcess(name, argv, env={**os.environ, **(env or {})},
+                              sink=_echo if echo else None)
+        self.procs.append(proc.start())
+        return proc
+
+    def stop_all(self):
+        """Stop every process; return the pids of any that survived (should be none)."""
+        for proc in self.procs:
+            code = proc.stop()
+            print(f'[{proc.name}] stopped: {describe_returncode(code)}')
+        return [p.pid for p in self.procs if _alive(p.pid)]
+
+
+def _alive(pid):
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _echo(name, line):
+    sys.stdout.write(f'[{name}] {line}')
+
+
+def kill(proc, sig=signal.SIGKILL):
+    """Kill a node process the hard way (a crash), and wait for it."""
+    proc.send(sig)
+    proc.wait(10)
+
+
+class Probe(Node):
+    """
+    A node in the test process: records what it receives, publishes on demand.
+
+    It spins in a background thread, so tests can simply wait on conditions.
+    """
+
+    def __init__(self, name='test_probe'):
+        super().__init__(name)
+        self.received = {}
+        self._lock = threading.Lock()
+        self._executor = MultiThreadedExecutor(num_threads=2)
+        self._executor.add_node(self)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def record(self, msg_type, topic, qos, raw=False):
+        """Subscribe and keep ``(receive_time_monotonic, msg)`` pairs in ``received[topic]``."""
+        self.received.setdefault(topic, [])
+
+        def callback(msg):
+            with self._lock:
+                self.received[topic].append((time.monotonic(), msg))
+
+        return self.create_subscription(msg_type, topic, callback, qos, raw=raw)
+
+    def messages(self, topic):
+        with self._lock:
+            return [m for _t, m in self.received.get(topic, [])]
+
+    def timed(self, topic):
+        with self._lock:
+            return list(self.received.get(topic, []))
+
+    def latest(self, topic):
+        with self._lock:
+            items = self.received.get(topic)
+            return items[-1][1] if items else None
+
+    def clear(self, topic=None):
+        with self._lock:
+            for key in ([topic] if topic else list(self.received)):
+                self.received[key] = []
+
+    def call(self, srv_type, name, request=None, timeout=10.0):
+        """Call a service and return the response (fail the test on timeout)."""
+        client = self.create_client(srv_type, name)
+        try:
+            assert client.wait_for_service(timeout_sec=timeout), f'service {name} not available'
+            future = client.call_async(request or srv_type.Request())
+            deadline = time.monotonic() + timeout
+            while not future.done():
+                assert time.monotonic() < deadline, f'service {name} did not answer'
+                time.sleep(0.01)
+            return future.result()
+        finally:
+            self.destroy_client(client)
+
+    def close(self):
+        self._executor.shutdown(timeout_sec=2.0)
+        self.destroy_node()
+
+
+def wait_for(predicate, timeout, interval=0.01, what='condition'):
+    """Wait until ``predicate()`` is truthy; return its value, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+        time.sleep(interval)

@@ -1,0 +1,50 @@
+"""Child processes are always stopped, even when they ignore SIGINT."""
+import signal
+import sys
+import textwrap
+
+from telesurgery_ros.procman import describe_returncode, ManagedProcess
+
+STUBBORN = textwrap.dedent("""
+    import signal, subprocess, sys, time
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+    print('child', child.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def _alive(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            return stat.read().split()[2] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def test_output_is_prefixed_and_exit_reported():
+    seen = []
+    proc = ManagedProcess('hello', [sys.executable, '-c', 'print("hi")'],
+                          sink=lambda name, line: seen.append((name, line))).start()
+    assert proc.wait(10) == 0
+    proc.stop()
+    assert seen == [('hello', 'hi\n')]
+    assert describe_returncode(proc.returncode) == 'exit code 0'
+
+
+def test_sigint_ignoring_process_and_its_child_are_killed():
+    proc = ManagedProcess('stubborn', [sys.executable, '-c', STUBBORN], sink=None).start()
+    deadline_lines = proc.popen  # started
+    assert deadline_lines is not None
+    import time
+    for _ in range(500):
+        if proc.lines:
+            break
+        time.sleep(0.01)
+    grandchild = int(proc.lines[0].split()[1])
+    code = proc.stop(sigint_timeout=0.5, sigterm_timeout=0.5)
+    assert code == -signal.SIGTERM
+    assert describe_returncode(code) == 'killed by SIGTERM'
+    assert not _alive(proc.pid)
+    time.sleep(0.2)
+    assert not _alive(grandchild), 'the grandchild survived its process group'
