@@ -1,0 +1,348 @@
+"""
+master_console: the surgeon site — hand input to tool-tip commands, and what comes back.
+
+Publishes ``console/<arm>/servo_cp`` and ``console/<arm>/jaw/servo_jp`` at ``rate``, stamped at
+sampling time; listens to the arm's echoed setpoint (round-trip time), measured pose (tracking
+error, re-alignment), contact force and ``safety/state``; shows a one-line status and the same
+figures on ``/diagnostics``. The logic is in :mod:`telesurgery_ros.core.input_sources`,
+:mod:`telesurgery_ros.core.teleop` and :mod:`telesurgery_ros.core.rtt`.
+"""
+import math
+import sys
+import time
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, WrenchStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+
+from telesurgery_ros import resources, terminal
+from telesurgery_ros.core import contract
+from telesurgery_ros.core.command_check import CommandLimits
+from telesurgery_ros.core.input_sources import (
+    KEY_HELP, KeyboardInput, load_replay, ReplayInput, SHAPES, TrajectoryInput)
+from telesurgery_ros.core.params import ConfigError, Param
+from telesurgery_ros.core.rtt import FeedbackMonitor, RttMonitor, status_line
+from telesurgery_ros.core.teleop import FilterConfig, PoseFilter, Teleop
+from telesurgery_ros.rosutil import (
+    declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS,
+    make_pose_stamped, pose_to_arrays, run_node, SAFETY_QOS, stamp_to_sec, STREAM_QOS)
+
+INPUTS = ('trajectory', 'replay', 'keyboard')
+HAND_INPUTS = ('keyboard',)
+DEFAULT_SCALE = {'hand': 0.2, 'scripted': 1.0}
+TERMINAL_REFRESH = 0.25    # s, live status line on a terminal
+
+PARAMETERS = (
+    Param('arm', contract.DEFAULT_ARM, 'arm namespace of the topics', read_only=True),
+    Param('input', 'trajectory', 'where the hand motion comes from', choices=INPUTS,
+          read_only=True),
+    Param('rate', 500.0, 'command publishing rate', 'Hz', low=10.0, high=2000.0,
+          read_only=True),
+    Param('scale', 0.0, 'motion scaling hand -> tool tip (position only); 0 picks the input '
+          'default: 0.2 for hand input, 1.0 for scripted input', low=0.0, high=10.0),
+    Param('clutch', False, 'clutch engaged: the arm holds while the hand is repositioned'),
+    Param('tremor_filter.mode', 'auto', 'tremor filter on the hand input; auto = on for hand '
+          'input, off for scripted input', choices=('auto', 'on', 'off'), read_only=True),
+    Param('tremor_filter.notch_frequency', 10.0, 'centre of the band-stop on the '
+          'physiological tremor band', 'Hz', low=2.0, high=50.0, read_only=True),
+    Param('tremor_filter.notch_q', 3.0, 'quality factor of the band-stop (bandwidth = '
+          'frequency / q; lower q = wider band, more delay)', low=0.5, high=50.0,
+          read_only=True),
+    Param('tremor_filter.cutoff', 80.0, 'cutoff of the 2nd-order Butterworth low-pass in '
+          'cascade with the band-stop; 0 disables it', 'Hz', low=0.0, high=900.0,
+          read_only=True),
+    Param('trajectory.shape', 'circle', 'scripted motion', choices=SHAPES, read_only=True),
+    Param('trajectory.amplitude', 0.02, 'size of the scripted motion (radius, half width)',
+          'm', low=0.0, high=0.1, read_only=True),
+    Param('trajectory.frequency', 0.2, 'cycles of the scripted motion per second', 'Hz',
+          low=0.01, high=2.0, read_only=True),
+    Param('trajectory.center', [0.0, 0.0, 0.0], 'input-space offset of the scripted motion',
+          'm', item_type=float, read_only=True,
+          check=lambda v: None if len(v) == 3 else f'needs 3 values (x, y, z), got {len(v)}'),
+    Param('trajectory.ramp', 1.0, 'time over which the amplitude ramps in from 0', 's',
+          low=0.0, high=10.0, read_only=True),
+    Param('replay.file', '', "replay CSV file; '' = the package's config/sample_replay.csv",
+          read_only=True),
+    Param('replay.loop', True, 'start the replay over at its end (else hold the last row)',
+          read_only=True),
+    Param('keyboard.step', 0.005, 'hand motion per key press (before scaling)', 'm',
+          low=0.0001, high=0.05),
+    Param('keyboard.angle_step', 0.05, 'rotation per key press', 'rad', low=0.001, high=0.5),
+    Param('keyboard.jaw_step', 0.1, 'jaw opening per key press', 'rad', low=0.01, high=0.5),
+    Param('jaw_rate', 2.0, 'fastest jaw motion commanded (also the catch-up after a clutch)',
+          'rad/s', low=0.1, high=20.0),
+    Param('feedback_timeout', 0.25, 'in HOLD/ESTOP, pause the commands while the newest '
+          'measured pose is older than this (they would be built on a stale pose)', 's',
+          low=0.01, high=10.0),
+    Param('rtt_window', 1000, 'round trips in the rolling p50/p99 window', low=10,
+          high=100000, read_only=True),
+    Param('status_period', 1.0, 'period of the status line in the log when stderr is not a '
+          'terminal', 's', low=0.1, high=60.0),
+    Param('diagnostics_period', 1.0, 'period of the /diagnostics status', 's', low=0.05,
+          high=60.0, read_only=True),
+)
+
+
+def cross_check(config):
+    """Problems that involve several parameters."""
+    problems = FilterConfig(config.tremor_filter.notch_frequency, config.tremor_filter.notch_q,
+                            config.tremor_filter.cutoff).problems(config.rate)
+    if config.input == 'trajectory':
+        scale = config.scale or DEFAULT_SCALE['scripted']
+        traj = config.trajectory
+        speed = scale * TrajectoryInput(traj.shape, traj.amplitude, traj.frequency,
+                                        ramp=traj.ramp).peak_speed(rate=200.0)
+        limit = CommandLimits().max_speed
+        if speed > limit:
+            problems.append(
+                f'parameters trajectory.amplitude ({traj.amplitude} m) and '
+                f'trajectory.frequency ({traj.frequency} Hz) at scale {scale} ask for '
+                f'{speed:.2f} m/s at the tool tip; the arm accepts at most {limit} m/s')
+    return problems
+
+
+class MasterConsole(Node):
+    """The surgeon's console node (thin adapter over the core teleop logic)."""
+
+    def __init__(self):
+        super().__init__('master_console')
+        self.config = declare_parameters(self, PARAMETERS, self._on_change, cross_check)
+        cfg = self.config
+        hand = cfg.input in HAND_INPUTS
+        self.keys = None
+        self.source = self._make_source(cfg)
+        scale = cfg.scale or DEFAULT_SCALE['hand' if hand else 'scripted']
+        self.teleop = Teleop(scale=scale, jaw_rate=cfg.jaw_rate)
+        filter_on = cfg.tremor_filter.mode == 'on' or (
+            cfg.tremor_filter.mode == 'auto' and hand)
+        design = FilterConfig(cfg.tremor_filter.notch_frequency, cfg.tremor_filter.notch_q,
+                              cfg.tremor_filter.cutoff)
+        self.filter = PoseFilter(design.sections(cfg.rate) if filter_on else [])
+        self.rtt = RttMonitor(cfg.rtt_window)
+        self.feedback = FeedbackMonitor()
+        self.safety = None      # until the watchdog speaks, follow: the slave guards itself
+        self.frame = contract.frames(cfg.arm)['rcm']
+        self.jaw_name = f'{cfg.arm}_jaw'
+
+        topics = {role: contract.console_topic(name)
+                  for role, name in contract.arm_topics(cfg.arm).items()}
+        self.pose_pub = self.create_publisher(PoseStamped, topics['servo_cp'], STREAM_QOS)
+        self.jaw_pub = self.create_publisher(JointState, topics['jaw_servo_jp'], STREAM_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS_TOPIC,
+                                              DIAGNOSTICS_QOS)
+        self.create_subscription(PoseStamped, topics['measured_cp'], self._on_measured,
+                                 STREAM_QOS)
+        self.create_subscription(PoseStamped, topics['setpoint_cp'], self._on_setpoint,
+                                 STREAM_QOS)
+        self.create_subscription(WrenchStamped, topics['measured_cf'], self._on_force,
+                                 STREAM_QOS)
+        self.create_subscription(String, contract.SAFETY_STATE_TOPIC, self._on_safety,
+                                 SAFETY_QOS)
+
+        self.last_stamp_ns = 0
+        self.start_ns = self.get_clock().now().nanoseconds
+        self.arm_heard_ns = None
+        self.measured_rx_ns = None
+        self.paused = False
+        self.published = 0
+        self.tty = sys.stderr.isatty()
+        self.last_log_ns = 0
+        self.create_timer(1.0 / cfg.rate, self._tick)
+        self.create_timer(TERMINAL_REFRESH if self.tty else cfg.status_period, self._status)
+        self.create_timer(cfg.diagnostics_period, self._diagnostics)
+        if self.keys is not None:
+            terminal.write_terminal(KEY_HELP)
+            self.keys.start()
+        self.get_logger().info(
+            f'input {cfg.input}'
+            + (f' ({cfg.trajectory.shape})' if cfg.input == 'trajectory' else '')
+            + f', {cfg.rate:g} Hz, scale {scale:g}, tremor filter '
+            + (f'on (notch {design.notch_frequency:g} Hz q {design.notch_q:g}, low-pass '
+               f'{design.cutoff:g} Hz)' if filter_on else 'off'))
+
+    def _make_source(self, cfg):
+        if cfg.input == 'trajectory':
+            t = cfg.trajectory
+            return TrajectoryInput(t.shape, t.amplitude, t.frequency, t.center, t.ramp)
+        if cfg.input == 'replay':
+            path = cfg.replay.file or resources.data_path('config', 'sample_replay.csv')
+            return ReplayInput(load_replay(path), loop=cfg.replay.loop)
+        if not terminal.stdin_is_tty():
+            raise ConfigError([
+                "parameter 'input': 'keyboard' needs an interactive terminal on stdin, and "
+                'stdin is not a TTY (use input:=trajectory or input:=replay)'])
+        self.keys = terminal.KeyReader()
+        return KeyboardInput(cfg.keyboard.step, cfg.keyboard.angle_step, cfg.keyboard.jaw_step)
+
+    def _on_change(self, config, names):
+        if 'scale' in names:
+            hand = config.input in HAND_INPUTS
+            self.teleop.set_scale(config.scale or DEFAULT_SCALE['hand' if hand else 'scripted'])
+        if 'jaw_rate' in names:
+            self.teleop.jaw_rate = config.jaw_rate
+        if isinstance(self.source, KeyboardInput):
+            self.source.step = config.keyboard.step
+            self.source.angle_step = config.keyboard.angle_step
+            self.source.jaw_step = config.keyboard.jaw_step
+
+    # --- the command stream ------------------------------------------------------------
+
+    def _next_stamp_ns(self):
+        now = self.get_clock().now().nanoseconds
+        stamp = max(now, self.last_stamp_ns + 1)     # unique and increasing
+        self.last_stamp_ns = stamp
+        return stamp
+
+    def _tick(self):
+        if self.keys is not None:
+            for key in self.keys.drain():
+                done = self.source.press(key)
+                if done:
+                    self.get_logger().debug(f'key {key!r}: {done}')
+        stamp_ns = self._next_stamp_ns()
+        t = (stamp_ns - self.start_ns) * 1e-9
+        # Scripts and recordings start when the arm is first heard from (the commands wait
+        # at home until then), so their ramp-in happens where the arm is.
+        if self.arm_heard_ns is None and self.teleop.measured_position is not None:
+            self.arm_heard_ns = stamp_ns
+            self.get_logger().info('arm heard from: the motion starts at its measured pose')
+        sample = self.source.sample(
+            0.0 if self.arm_heard_ns is None else (stamp_ns - self.arm_heard_ns) * 1e-9)
+        position, orientation = self.filter(sample.position, sample.orientation)
+        self.teleop.set_clutch(self.config.clutch or sample.clutch)
+        allowed = self.safety is None or self.safety.state.allows_motion
+        fresh = self.measured_rx_ns is not None and (
+            stamp_ns - self.measured_rx_ns <= self.config.feedback_timeout * 1e9)
+        command = self.teleop.step(t, position, orientation, sample.jaw,
+                                   motion_allowed=allowed, feedback_fresh=fresh)
+        if (command is None) != self.paused:
+            self.paused = command is None
+            self.get_logger().info(
+                'commands paused: holding with no fresh measured pose from the arm'
+                if self.paused else 'commands resumed at the measured pose of the arm')
+        if command is not None:
+            self._publish(command, stamp_ns)
+
+    def _publish(self, command, stamp_ns):
+        stamp = _time_msg(stamp_ns)
+        self.pose_pub.publish(make_pose_stamped(command.position, command.orientation,
+                                                self.frame, stamp))
+        jaw = JointState(name=[self.jaw_name], position=[float(command.jaw)])
+        jaw.header.stamp = stamp
+        self.jaw_pub.publish(jaw)
+        self.published += 1
+
+    def on_shutdown(self):
+        """Leave the arm holding where it is (like teleop_twist_keyboard's zero twist)."""
+        if self.keys is not None:
+            self.keys.close()
+            terminal.write_terminal('\n')
+        try:
+            # A few copies a cycle apart, then a moment for the transport to send them: the
+            # stream is best effort and the process is about to go.
+            for _ in range(3):
+                self._publish(self.teleop.hold_command(), self._next_stamp_ns())
+                time.sleep(1.0 / self.config.rate)
+            time.sleep(0.05)
+        except Exception as exc:  # noqa: B902 - the context may already be shut down
+            self.get_logger().warning(f'could not send the final hold command: {exc}')
+
+    # --- feedback ----------------------------------------------------------------------
+
+    def _on_measured(self, msg):
+        position, orientation = pose_to_arrays(msg.pose)
+        if _finite(position, orientation):
+            self.measured_rx_ns = self.get_clock().now().nanoseconds
+            self.teleop.set_measured(position, orientation)
+            self.feedback.on_measured(position, orientation)
+
+    def _on_setpoint(self, msg):
+        now = self.get_clock().now().nanoseconds * 1e-9
+        self.rtt.on_echo(stamp_to_sec(msg.header.stamp), now)
+        position, orientation = pose_to_arrays(msg.pose)
+        if _finite(position, orientation):
+            self.feedback.on_setpoint(position, orientation)
+
+    def _on_force(self, msg):
+        f = msg.wrench.force
+        self.feedback.on_force((f.x, f.y, f.z))
+
+    def _on_safety(self, msg):
+        try:
+            status = contract.SafetyStatus.decode(msg.data)
+        except ValueError as exc:
+            self.get_logger().warning(f'ignoring safety/state: {exc}',
+                                      throttle_duration_sec=5.0)
+            return
+        if self.safety is None or status.state != self.safety.state:
+            self.get_logger().info(f'safety state {status.encode()}')
+        self.safety = status
+
+    # --- status ------------------------------------------------------------------------
+
+    def _figures(self):
+        rtt = self.rtt.summary()
+        tracking, tracking_angle = self.feedback.tracking_error()
+        last = self.teleop.last
+        lag, _lag_angle = self.feedback.command_error(last.position, last.orientation)
+        return rtt, tracking, tracking_angle, lag
+
+    def _state_name(self):
+        return 'no safety/state' if self.safety is None else self.safety.state.name
+
+    def _status(self):
+        rtt, tracking, _angle, _lag = self._figures()
+        line = status_line(rtt, tracking, self.feedback.force, self._state_name(),
+                           self.teleop.clutch)
+        if self.tty:
+            terminal.write_terminal('\r' + line + '\033[K')
+        else:
+            now = self.get_clock().now().nanoseconds
+            if now - self.last_log_ns >= self.config.status_period * 1e9 * 0.9:
+                self.last_log_ns = now
+                self.get_logger().info(line)
+
+    def _diagnostics(self):
+        rtt, tracking, tracking_angle, lag = self._figures()
+        heard = self.rtt.count > 0
+        level = 'OK' if heard and self.safety is not None and (
+            self.safety.state.allows_motion) else 'WARN'
+        message = (self._state_name() + (
+            f', RTT p50 {rtt["p50"] * 1000:.1f} ms' if heard else ', no echo from the arm yet'))
+        values = {
+            'rtt_p50_ms': rtt['p50'] * 1000, 'rtt_p99_ms': rtt['p99'] * 1000,
+            'rtt_min_ms': rtt['min'] * 1000, 'rtt_max_ms': rtt['max'] * 1000,
+            'rtt_last_ms': rtt['last'] * 1000, 'rtt_count': rtt['count'],
+            'rtt_ignored': rtt['ignored'],
+            'tracking_error_mm': tracking * 1000,
+            'tracking_error_deg': math.degrees(tracking_angle),
+            'command_error_mm': lag * 1000,
+            'force_n': math.nan if self.feedback.force is None else self.feedback.force,
+            'safety_state': self.safety.encode() if self.safety else 'UNKNOWN',
+            'clutch': self.teleop.clutch,
+            'scale': self.teleop.scale, 'commands_published': self.published,
+            'arm_heard': self.arm_heard_ns is not None, 'paused': self.paused,
+            'input': self.config.input,
+        }
+        status = diagnostic_status(f'{self.get_name()}: teleop', self.config.arm, level,
+                                   message, values)
+        self.diag_pub.publish(diagnostic_array(self, [status]))
+
+
+def _time_msg(nanoseconds):
+    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
+def _finite(position, orientation):
+    return all(math.isfinite(v) for v in (*position, *orientation))
+
+
+def main(args=None):
+    sys.exit(run_node(MasterConsole, args))
+
+
+if __name__ == '__main__':
+    main()
