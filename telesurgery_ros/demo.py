@@ -1,0 +1,574 @@
+"""
+``telesurgery-demo``: run the whole stack, watch it, record it, and say how it went.
+
+It starts ``teleop_launch.yaml`` through ``telesurgery-launch`` (so the real ROS 2 launch is
+used when installed) with the scripted surgeon motion, and runs a monitor node in this
+process that records every command, feedback and safety topic of both sites to
+``runs/<timestamp>/run.mcap`` (raw CDR, as ``ros2 bag`` records), prints a live status line,
+and at the end a summary and ``report.json`` + PNG plots:
+
+- round-trip time (RTT): the console-side ``setpoint_cp`` echoes the stamp of the master
+  command it came from; RTT = receive time - stamp, first echo of each stamp only;
+- tracking error: each patient-side ``measured_cp`` against the patient-side ``servo_cp``
+  command most recently received before it, counted while the safety state is NOMINAL;
+- messages dropped: the ``dropped_*`` counters of ``network/stats``, both directions;
+- safety events: the transitions of ``safety/state``.
+
+The run is *sound* (exit code 0) when the stack came up, the arm followed (tracking error
+RMS within ``--max-tracking-rms``), round trips were measured, no ESTOP occurred and no node
+exited before the end. Node output goes to ``launch.log`` beside the recording.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from telesurgery_ros import resources
+from telesurgery_ros.core import contract
+from telesurgery_ros.core.contract import SafetyState, SafetyStatus
+from telesurgery_ros.core.rtt import RttMonitor
+from telesurgery_ros.procman import describe_returncode, ManagedProcess
+
+POSE = 'geometry_msgs/msg/PoseStamped'
+WRENCH = 'geometry_msgs/msg/WrenchStamped'
+JOINTS = 'sensor_msgs/msg/JointState'
+STRING = 'std_msgs/msg/String'
+DIAGNOSTICS = 'diagnostic_msgs/msg/DiagnosticArray'
+
+
+def recorded_topics(arm=contract.DEFAULT_ARM):
+    """
+    Return (topic, type, role) of everything the demo records; role: what it analyses.
+
+    The jaw commands (2 x 500 Hz) and the console copy of measured_cf are left out to spare
+    the two cores the stack runs on; the rest of both sites is recorded.
+    """
+    patient = contract.arm_topics(arm)
+    console = contract.console_topic
+    return [
+        (console(patient['servo_cp']), POSE, 'console_command'),
+        (patient['servo_cp'], POSE, 'command'),
+        (patient['setpoint_cp'], POSE, None),
+        (console(patient['setpoint_cp']), POSE, 'echo'),
+        (patient['measured_cp'], POSE, 'measured'),
+        (console(patient['measured_cp']), POSE, None),
+        (patient['measured_cf'], WRENCH, None),
+        (patient['measured_js'], JOINTS, None),
+        (contract.SAFETY_STATE_TOPIC, STRING, 'safety'),
+        (contract.NETWORK_STATS_TOPIC, DIAGNOSTICS, 'stats'),
+    ]
+
+
+class Series:
+    """A time series kept for plotting: decimated by 2 whenever it reaches ``limit``."""
+
+    def __init__(self, limit=20000):
+        self.limit = limit
+        self.stride = 1
+        self._skip = 0
+        self.t, self.v = [], []
+
+    def append(self, t, value):
+        self._skip += 1
+        if self._skip < self.stride:
+            return
+        self._skip = 0
+        self.t.append(t)
+        self.v.append(value)
+        if len(self.t) >= self.limit:
+            self.t, self.v = self.t[::2], self.v[::2]
+            self.stride *= 2
+
+
+class RunMetrics:
+    """The demo's figures, from messages fed in with their receive time (pure logic)."""
+
+    def __init__(self, start):
+        self.start = start
+        self.rtt = RttMonitor(window=10_000_000)
+        self.rtt_series = Series()
+        self.command = None                  # latest patient-side command position
+        self.commanded_path = Series()
+        self.measured_path = Series()
+        self.error_series = Series()
+        self.errors = []
+        self.state = None
+        self.state_series = Series()
+        self.transitions = []
+        self.dropped = {}
+        self.relay_delay = {}
+        self.counts = {}
+
+    def count(self, role):
+        self.counts[role] = self.counts.get(role, 0) + 1
+
+    def on_echo(self, stamp, now):
+        rtt = self.rtt.on_echo(stamp, now)
+        if rtt is not None:
+            self.rtt_series.append(now - self.start, rtt)
+
+    def on_command(self, position, now):
+        self.command = np.asarray(position, float)
+        self.commanded_path.append(now - self.start, tuple(self.command))
+
+    def on_measured(self, position, now):
+        position = np.asarray(position, float)
+        self.measured_path.append(now - self.start, tuple(position))
+        if self.command is None or self.state is not SafetyState.NOMINAL:
+            return
+        error = float(np.linalg.norm(position - self.command))
+        self.errors.append(error)
+        self.error_series.append(now - self.start, error)
+
+    def on_safety(self, text, now):
+        try:
+            status = SafetyStatus.decode(text)
+        except ValueError:
+            return
+        if status.state is not self.state:
+            self.transitions.append({
+                't': round(now - self.start, 3),
+                'from': None if self.state is None else self.state.name,
+                'to': status.state.name, 'reason': status.reason})
+            self.state = status.state
+        self.state_series.append(now - self.start, int(status.state))
+
+    def on_stats(self, statuses):
+        """``statuses``: [(name, {key: value text})] of one network/stats message."""
+        for name, values in statuses:
+            direction = name.rsplit(':', 1)[-1].strip()
+            dropped = 0
+            for key, value in values.items():
+                if key.startswith('dropped_'):
+                    try:
+                        dropped += int(float(value))
+                    except ValueError:
+                        pass
+            self.dropped[direction] = dropped
+            try:
+                self.relay_delay[direction] = float(values.get('delay_p50_ms', 'nan'))
+            except ValueError:
+                pass
+
+    def tracking(self):
+        if not self.errors:
+            return {'rms_m': math.nan, 'max_m': math.nan, 'samples': 0}
+        data = np.asarray(self.errors)
+        return {'rms_m': float(np.sqrt(np.mean(data ** 2))), 'max_m': float(data.max()),
+                'samples': int(data.size)}
+
+    def summary(self):
+        rtt = self.rtt.summary()
+        return {
+            'rtt_ms': {'p50': rtt['p50'] * 1e3, 'p99': rtt['p99'] * 1e3,
+                       'min': rtt['min'] * 1e3, 'max': rtt['max'] * 1e3,
+                       'samples': rtt['count']},
+            'tracking_error': self.tracking(),
+            'messages_dropped': dict(self.dropped, total=sum(self.dropped.values())),
+            'relay_delay_p50_ms': self.relay_delay,
+            'safety_events': self.transitions,
+            'final_state': None if self.state is None else self.state.name,
+            'messages': dict(self.counts),
+        }
+
+
+def verdict(summary, node_failures, ready, max_tracking_rms):
+    """Return the list of reasons the run was not sound (empty: sound)."""
+    reasons = []
+    if not ready:
+        reasons.append('the stack never became ready (no commands at the arm, no feedback or '
+                       'no safety state)')
+    if node_failures:
+        reasons.append('node(s) exited before the end: ' + ', '.join(node_failures))
+    if any(e['to'] == 'ESTOP' for e in summary['safety_events']):
+        reasons.append('ESTOP occurred')
+    track = summary['tracking_error']
+    if not track['samples']:
+        reasons.append('no tracking samples in NOMINAL')
+    elif not track['rms_m'] <= max_tracking_rms:
+        reasons.append(f"tracking error RMS {track['rms_m'] * 1e3:.2f} mm over "
+                       f'{max_tracking_rms * 1e3:.2f} mm')
+    if not summary['rtt_ms']['samples']:
+        reasons.append('no round trip measured')
+    return reasons
+
+
+def _fmt_ms(value):
+    return 'n/a' if not math.isfinite(value) else f'{value:.1f} ms'
+
+
+def status_line(metrics, elapsed, duration):
+    rtt = metrics.rtt.summary()
+    track = metrics.tracking()
+    total = f'/{duration:.0f}' if duration else ''
+    state = metrics.state.name if metrics.state is not None else 'no state'
+    return (f't={elapsed:5.1f}{total} s  {state:<8}  rtt p50 {_fmt_ms(rtt["p50"] * 1e3)} '
+            f'p99 {_fmt_ms(rtt["p99"] * 1e3)}  err rms '
+            + ('n/a' if not track['samples'] else f'{track["rms_m"] * 1e3:.2f} mm')
+            + f'  dropped {sum(metrics.dropped.values())}')
+
+
+def summary_text(summary, reasons, out_dir):
+    rtt, track = summary['rtt_ms'], summary['tracking_error']
+    lines = [
+        '--- summary ---',
+        f"RTT            p50 {_fmt_ms(rtt['p50'])}, p99 {_fmt_ms(rtt['p99'])} "
+        f"({rtt['samples']} round trips)",
+        'tracking error ' + ('n/a' if not track['samples'] else
+                             f"RMS {track['rms_m'] * 1e3:.2f} mm, max "
+                             f"{track['max_m'] * 1e3:.2f} mm ({track['samples']} samples, "
+                             'NOMINAL only)'),
+        'dropped        ' + ', '.join(f'{k} {v}' for k, v in
+                                      summary['messages_dropped'].items()),
+        f"safety events  {len(summary['safety_events'])}: " + (', '.join(
+            f"{e['t']:.1f}s {e['to']}" + (f" ({e['reason']})" if e['reason'] else '')
+            for e in summary['safety_events'][:8]) or 'none')
+        + (' ...' if len(summary['safety_events']) > 8 else ''),
+        'verdict        ' + ('sound' if not reasons else 'NOT sound: ' + '; '.join(reasons)),
+        f'files          {out_dir}/',
+    ]
+    return '\n'.join(lines)
+
+
+# --- plots -------------------------------------------------------------------------------
+
+def write_plots(metrics, out_dir):
+    """Write path.png, latency.png and safety.png; return their file names."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    written = []
+    cmd = np.asarray(metrics.commanded_path.v).reshape(-1, 3)
+    meas = np.asarray(metrics.measured_path.v).reshape(-1, 3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for data, label, style in ((cmd, 'commanded (servo_cp at the arm)', '-'),
+                               (meas, 'measured (measured_cp)', '--')):
+        if len(data):
+            axes[0].plot(data[:, 0] * 1e3, data[:, 1] * 1e3, style, label=label, lw=1)
+    axes[0].set(xlabel='x [mm]', ylabel='y [mm]', title='tool tip in psm1_rcm (top view)')
+    axes[0].axis('equal')
+    axes[0].legend(loc='best', fontsize=8)
+    for data, t, label, style in ((cmd, metrics.commanded_path.t, 'commanded', '-'),
+                                  (meas, metrics.measured_path.t, 'measured', '--')):
+        if len(data):
+            axes[1].plot(t, data[:, 2] * 1e3, style, label=f'z {label}', lw=1)
+    axes[1].set(xlabel='time [s]', ylabel='z [mm]', title='depth over time')
+    axes[1].ticklabel_format(axis='y', useOffset=False)
+    axes[1].legend(loc='best', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, 'path.png'), dpi=100)
+    plt.close(fig)
+    written.append('path.png')
+
+    fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    axes[0].plot(metrics.rtt_series.t, np.asarray(metrics.rtt_series.v) * 1e3, '.', ms=2)
+    axes[0].set(ylabel='RTT [ms]', title='round-trip time (console clock)')
+    axes[1].plot(metrics.error_series.t, np.asarray(metrics.error_series.v) * 1e3, lw=0.8)
+    axes[1].set(xlabel='time [s]', ylabel='tracking error [mm]')
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, 'latency.png'), dpi=100)
+    plt.close(fig)
+    written.append('latency.png')
+
+    fig, ax = plt.subplots(figsize=(11, 3))
+    if metrics.state_series.t:
+        ax.step(metrics.state_series.t, metrics.state_series.v, where='post')
+    ax.set_yticks([int(s) for s in SafetyState], [s.name for s in SafetyState])
+    ax.set(xlabel='time [s]', title='safety state', ylim=(-0.5, 3.5))
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, 'safety.png'), dpi=100)
+    plt.close(fig)
+    written.append('safety.png')
+    return written
+
+
+# --- the monitor node ---------------------------------------------------------------------
+
+def make_monitor(arm, recorder, metrics, lock):
+    """Make the node that records every topic raw and feeds ``metrics`` what it needs."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped, WrenchStamped
+    from rclpy.node import Node
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+
+    from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, SAFETY_QOS, STREAM_QOS
+
+    classes = {POSE: PoseStamped, WRENCH: WrenchStamped, JOINTS: JointState, STRING: String,
+               DIAGNOSTICS: DiagnosticArray}
+
+    class Monitor(Node):
+        """Raw subscriptions to every recorded topic."""
+
+        def __init__(self):
+            super().__init__('demo_monitor')
+            self.subs = []
+            for topic, type_name, role in recorded_topics(arm):
+                qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
+                self.subs.append(self.create_subscription(
+                    classes[type_name], topic, self._callback(topic, type_name, role), qos,
+                    raw=True))
+
+        def _callback(self, topic, type_name, role):
+            name = '/' + topic
+            cls = classes[type_name]
+
+            def on_message(data):
+                now_ns = time.time_ns()
+                recorder.write(name, type_name, data, now_ns)
+                if role is None:
+                    return
+                now = now_ns * 1e-9
+                msg = deserialize_message(data, cls)
+                with lock:
+                    metrics.count(role)
+                    if role == 'echo':
+                        stamp = msg.header.stamp
+                        metrics.on_echo(stamp.sec + stamp.nanosec * 1e-9, now)
+                    elif role in ('command', 'measured'):
+                        p = msg.pose.position
+                        handler = metrics.on_command if role == 'command' else \
+                            metrics.on_measured
+                        handler((p.x, p.y, p.z), now)
+                    elif role == 'safety':
+                        metrics.on_safety(msg.data, now)
+                    elif role == 'stats':
+                        metrics.on_stats([(s.name, {kv.key: kv.value for kv in s.values})
+                                          for s in msg.status])
+            return on_message
+
+    return Monitor()
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='telesurgery-demo',
+        description='Run the whole telesurgery stack with the scripted surgeon motion, record '
+                    'it to MCAP and report RTT, tracking error, drops and safety events.')
+    parser.add_argument('--duration', type=float, default=30.0, metavar='S',
+                        help='seconds to run once the stack is ready (default 30; 0 = until '
+                             'Ctrl-C)')
+    parser.add_argument('--profile', default='rome_beijing_2024',
+                        help='network profile (config/network_profiles.yaml)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the network impairments')
+    parser.add_argument('--gui', action='store_true', help='open the PyBullet GUI')
+    parser.add_argument('--input', default='trajectory', choices=('trajectory', 'replay'),
+                        help='surgeon input: trajectory (scripted motion, default) or replay '
+                             '(recorded CSV); keyboard needs a terminal, run it on its own')
+    parser.add_argument('--arm', default=contract.DEFAULT_ARM, help='arm namespace')
+    parser.add_argument('--launch-file', default=None, metavar='FILE',
+                        help='launch file with the same arguments as teleop_launch.yaml '
+                             '(default: the package teleop_launch.yaml)')
+    parser.add_argument('--runs-dir', default='runs', metavar='DIR',
+                        help='where runs/<timestamp>/ goes (default ./runs)')
+    parser.add_argument('--ready-timeout', type=float, default=60.0, metavar='S',
+                        help='how long the stack may take to come up (default 60)')
+    parser.add_argument('--private-domain', action='store_true',
+                        help='run in a free ROS_DOMAIN_ID of its own, localhost only (default: '
+                             'that of the environment, so ROS tools can watch the run)')
+    parser.add_argument('--max-tracking-rms', type=float, default=0.005, metavar='M',
+                        help='tracking error RMS (m) above which the run is not sound '
+                             '(default 0.005)')
+    return parser
+
+
+def _check_options(options):
+    problems = []
+    if not (options.duration >= 0 and math.isfinite(options.duration)):
+        problems.append(f'--duration must be >= 0 s (0 = until Ctrl-C), got {options.duration}')
+    if not options.ready_timeout > 0:
+        problems.append(f'--ready-timeout must be > 0 s, got {options.ready_timeout}')
+    if not options.max_tracking_rms > 0:
+        problems.append(f'--max-tracking-rms must be > 0 m, got {options.max_tracking_rms}')
+    return problems
+
+
+class _LogSink:
+    """The nodes' output, to launch.log (the last lines kept for errors)."""
+
+    def __init__(self, path):
+        self.handle = open(path, 'w')
+        self.lock = threading.Lock()
+        self.tail = []
+
+    def __call__(self, _name, line):
+        with self.lock:
+            self.handle.write(line)
+            self.handle.flush()
+            self.tail = (self.tail + [line])[-40:]
+
+    def close(self):
+        with self.lock:
+            self.handle.close()
+
+
+def main(argv=None):
+    options = build_parser().parse_args(argv)
+    problems = _check_options(options)
+    if problems:
+        for problem in problems:
+            print(f'telesurgery-demo: {problem}', file=sys.stderr)
+        return 2
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+    out_dir = os.path.abspath(os.path.join(options.runs_dir, stamp))
+    os.makedirs(out_dir, exist_ok=True)
+
+    if options.private_domain:
+        from telesurgery_ros.domain import isolate
+        print(f'[demo] private ROS_DOMAIN_ID={isolate(os.environ)}', flush=True)
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, ShutdownException
+    from rclpy.experimental import EventsExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from telesurgery_ros.recorder import McapRecorder
+
+    stop = threading.Event()
+    signals = []
+
+    def on_signal(signum, _frame):
+        signals.append(signum)
+        stop.set()
+
+    # Our own handlers: rclpy's would shut the context down before the recording is closed.
+    rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    recorder = McapRecorder(os.path.join(out_dir, 'run.mcap'))
+    lock = threading.Lock()
+    metrics = RunMetrics(time.time())
+    monitor = make_monitor(options.arm, recorder, metrics, lock)
+    executor = EventsExecutor()
+    executor.add_node(monitor)
+    spinning = threading.Event()
+    spinning.set()
+
+    def spin():
+        # spin_once in a loop: EventsExecutor.spin() does not return on shutdown (rclpy 9.1.2)
+        try:
+            while spinning.is_set() and rclpy.ok():
+                executor.spin_once(timeout_sec=0.1)
+        except (ExternalShutdownException, ShutdownException):
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+
+    launch_file = options.launch_file or os.path.join(resources.share_directory(), 'launch',
+                                                      'teleop_launch.yaml')
+    launch_args = [f'profile:={options.profile}', f'seed:={options.seed}',
+                   f"gui:={'true' if options.gui else 'false'}", f'input:={options.input}',
+                   f'arm:={options.arm}']
+    sink = _LogSink(os.path.join(out_dir, 'launch.log'))
+    runner = ManagedProcess('launch', [sys.executable, '-m', 'telesurgery_ros.launch_runner',
+                                       launch_file, *launch_args],
+                            env={**os.environ, 'PYTHONUNBUFFERED': '1'}, sink=sink)
+    print(f'[demo] {options.profile}, input {options.input}, seed {options.seed}, '
+          f"{'GUI' if options.gui else 'headless'}; recording to {out_dir}/", flush=True)
+    runner.start()
+    tty = sys.stdout.isatty()
+    ready = False
+    node_failures = []
+    started = time.monotonic()
+    run_start = None
+    last_print = 0.0
+    seen = 0
+    try:
+        while not stop.is_set():
+            if not runner.running():
+                node_failures.append(
+                    f'the launch itself ({describe_returncode(runner.returncode)})')
+                break
+            new_lines, seen = runner.lines[seen:], len(runner.lines)
+            exited = [line.split(']')[0].lstrip('[') for line in new_lines
+                      if '] exited: ' in line and 'on its own' in line]
+            if exited:
+                node_failures.extend(exited)
+                break
+            now = time.monotonic()
+            with lock:
+                ready_now = (metrics.counts.get('measured', 0) > 10
+                             and metrics.counts.get('command', 0) > 10
+                             and metrics.state is not None)
+            if not ready and ready_now:
+                ready = True
+                run_start = now
+                print(f'[demo] stack ready after {now - started:.1f} s', flush=True)
+            if not ready and now - started > options.ready_timeout:
+                print(f'[demo] the stack did not come up within {options.ready_timeout:.0f} s',
+                      flush=True)
+                break
+            if ready:
+                elapsed = now - run_start
+                if options.duration and elapsed >= options.duration:
+                    break
+                if now - last_print >= (0.5 if tty else 5.0):
+                    last_print = now
+                    with lock:
+                        line = status_line(metrics, elapsed, options.duration)
+                    print(('\r' + line + '  ') if tty else f'[demo] {line}', end='' if tty
+                          else '\n', flush=True)
+            stop.wait(0.1)
+        if tty and ready:
+            print()
+        if signals:
+            print(f'[demo] {signal.Signals(signals[0]).name}: stopping', flush=True)
+    finally:
+        runner.stop(sigint_timeout=20.0, sigterm_timeout=5.0)
+        exits = [line.rstrip() for line in runner.lines if '] exited: ' in line]
+        spinning.clear()
+        spinner.join(timeout=5.0)
+        monitor.destroy_node()
+        rclpy.try_shutdown()
+        recorder.close()
+        sink.close()
+    for line in exits:
+        print(f'[demo] {line}')
+    if node_failures:
+        print('[demo] last lines of launch.log:\n' + ''.join(sink.tail[-15:]), end='')
+
+    with lock:
+        summary = metrics.summary()
+    reasons = verdict(summary, node_failures, ready, options.max_tracking_rms)
+    plots = write_plots(metrics, out_dir)
+    report = {
+        'profile': options.profile, 'seed': options.seed, 'input': options.input,
+        'arm': options.arm, 'duration_s': round(time.monotonic() - run_start, 2)
+        if run_start is not None else 0.0,
+        'started_utc': stamp, 'sound': not reasons, 'problems': reasons,
+        **summary,
+        'recorded_messages': dict(recorder.counts),
+        'node_exits': exits,
+        'files': {'mcap': 'run.mcap', 'log': 'launch.log', 'plots': plots},
+    }
+    with open(os.path.join(out_dir, 'report.json'), 'w') as handle:
+        json.dump(_finite(report), handle, indent=2)
+    print(summary_text(summary, reasons, out_dir), flush=True)
+    return 0 if not reasons else 1
+
+
+def _finite(value):
+    """NaN/inf -> None, recursively, so report.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+if __name__ == '__main__':
+    sys.exit(main())
