@@ -1,0 +1,4 @@
+"""``python -m telesurgery_ros.bench`` is ``telesurgery-bench``."""
+from telesurgery_ros.bench.cli import main
+
+main()

@@ -1,0 +1,91 @@
+"""
+``scale``: 1, 2 and 4 arms in one stack, each a whole stack in its own namespace.
+
+Arm ``k`` runs the four nodes in ``/armk`` (every topic of the nodes is relative, so they all
+move into the namespace; ``/diagnostics`` is absolute and is remapped to ``/armk/diagnostics``
+so that a watchdog only sees its own slave). Relay profile ``none``. Measured: CPU of all node
+processes over the window, and the console-sample -> slave-input latency of every arm
+(``/armk/psm1/servo_cp`` as delivered by the relay, receive - stamp; it flows whatever the
+safety state). Growth per arm is relative to the 1-arm run.
+"""
+import numpy as np
+
+from telesurgery_ros.bench.latency import full_stack
+from telesurgery_ros.bench.measure import measure
+from telesurgery_ros.bench.stack import BenchError, require_nodes
+from telesurgery_ros.bench.stats import figure, summarize
+from telesurgery_ros.core.contract import arm_topics
+
+ARMS = (1, 2, 4)
+CONSOLE = {'trajectory.shape': 'suture'}
+NODES = ('master_console', 'network_relay', 'slave_controller', 'safety_watchdog')
+
+
+def namespace(k):
+    return f'arm{k}'
+
+
+def run(ctx, arms=ARMS):
+    require_nodes(*NODES)
+    seconds = ctx.seconds(10.0, 2.0)
+    result = ctx.new_result('scale', {'arms': list(arms), 'window_s': seconds,
+                                      'console': CONSOLE, 'profile': 'none'})
+    rows = []
+    runs = {}
+    for n in arms:
+        ctx.progress(f'{n} arm(s) for {seconds:g} s')
+        topics = [f'/{namespace(k)}/{arm_topics()["servo_cp"]}' for k in range(1, n + 1)]
+
+        def start(stack, n=n):
+            for k in range(1, n + 1):
+                ns = namespace(k)
+                full_stack(stack, console_params=CONSOLE, namespace=ns,
+                           remaps={'/diagnostics': f'/{ns}/diagnostics'})
+        try:
+            m = measure(ctx, f'scale-{n}', start, topics, seconds, warmup=2.0,
+                        ready_timeout=30.0 + 15.0 * n, fail_on_estop=False)
+        except BenchError as exc:
+            result['skipped'].append(f'{n} arm(s): {exc}'.splitlines()[0])
+            ctx.progress(f'  {n} arm(s) FAILED: {exc}')
+            continue
+        lat = np.concatenate([m.latency(t) for t in topics])
+        s = summarize(lat, 1e3)
+        node_cpu = {name: cpu for name, cpu in m.cpu.items() if name != 'sink'}
+        total = sum(v or 0.0 for v in node_cpu.values())
+        per_node = {kind: sum(v or 0.0 for name, v in node_cpu.items()
+                              if name.endswith('/' + kind)) / n for kind in NODES}
+        runs[n] = {'latency_ms': s, 'cpu_total': total, 'cpu_per_arm': total / n,
+                   'cpu_per_node_kind_per_arm': per_node, 'cpu': m.cpu}
+        rows.append([n, total, total / n, *(per_node[k] for k in NODES), s['p50'], s['p99']])
+        ctx.progress(f'  CPU {total:.0f} % of a core ({total / n:.0f} % per arm), '
+                     f'latency p50 {s["p50"]:.2f} ms p99 {s["p99"]:.2f} ms')
+    if not runs:
+        raise BenchError('no arm count could be measured')
+    first = min(runs)
+    one = runs[first]
+    for n in sorted(runs)[1:]:
+        r = runs[n]
+        result['figures'].append(figure(
+            f'{n} arms: CPU per arm', r['cpu_per_arm'], '% core', one['cpu_per_arm'],
+            f'{first} arm'))
+        result['figures'].append(figure(
+            f'{n} arms: latency p50', r['latency_ms']['p50'], 'ms',
+            one['latency_ms']['p50'], f'{first} arm'))
+        result['figures'].append(figure(
+            f'{n} arms: latency p99', r['latency_ms']['p99'], 'ms',
+            one['latency_ms']['p99'], f'{first} arm'))
+    cores = result['machine'].get('usable_cores') or 1
+    busiest = max(runs.values(), key=lambda r: r['cpu_total'])
+    if busiest['cpu_total'] > 75.0 * cores:
+        result['notes'].append(
+            f"the nodes used {busiest['cpu_total']:.0f} % of one core with {cores} cores "
+            'available: the machine is saturated, so CPU per arm falls because every node '
+            'gets less time (the loops run late), not because a node got cheaper')
+    result['tables'].append({
+        'title': 'CPU (% of one core) and console -> slave input latency (ms) per number of '
+                 'arms',
+        'columns': ['arms', 'CPU total', 'CPU per arm', *(f'{k} per arm' for k in NODES),
+                    'latency p50', 'latency p99'],
+        'rows': rows})
+    result['details'] = {'runs': {str(k): v for k, v in runs.items()}}
+    return result

@@ -1,0 +1,45 @@
+"""
+A private ROS_DOMAIN_ID per run, so concurrent runs on one machine never meet.
+
+A domain is claimed by an exclusive ``flock`` on ``/tmp/telesurgery_ros_domains/<id>.lock``;
+the lock lasts as long as the returned file stays open (normally the life of the process), and
+the kernel releases it when the process dies, however it dies. Tests and benchmarks both use it.
+"""
+import fcntl
+import os
+import random
+
+LOCK_DIR = '/tmp/telesurgery_ros_domains'
+_held = []
+
+
+def claim_domain(low=1, high=100, lock_dir=LOCK_DIR, rng=random):
+    """Lock a free domain id in ``low..high`` for this process and return it."""
+    os.makedirs(lock_dir, exist_ok=True)
+    candidates = list(range(low, high + 1))
+    rng.shuffle(candidates)
+    for domain in candidates:
+        handle = open(os.path.join(lock_dir, f'{domain}.lock'), 'w')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _held.append(handle)
+        return domain
+    raise RuntimeError(f'no free ROS_DOMAIN_ID in {low}..{high} (all locked in {lock_dir})')
+
+
+def isolate(environ=os.environ):
+    """
+    Claim a domain and set up ``environ`` for localhost-only discovery; return the id.
+
+    Call it before anything initialises rclpy; child processes inherit the environment.
+    """
+    domain = claim_domain()
+    environ['ROS_DOMAIN_ID'] = str(domain)
+    environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    environ.pop('ROS_STATIC_PEERS', None)
+    environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    environ['PYTHONUNBUFFERED'] = '1'
+    return domain

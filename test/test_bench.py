@@ -1,0 +1,102 @@
+"""
+telesurgery-bench: the pure statistics, the report, and a smoke run of the smallest suite.
+
+Never asserts a performance figure: only that measurements happen and results are well formed.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from telesurgery_ros.bench import report, stats
+from telesurgery_ros.bench.tracking import state_shares
+
+
+def test_summarize_percentiles_and_empty():
+    s = stats.summarize(np.arange(1, 101), scale=2.0)
+    assert s['n'] == 100
+    assert s['p50'] == pytest.approx(101.0)
+    assert s['max'] == 200.0
+    assert stats.summarize([])['n'] == 0
+
+
+def test_figure_ratio_and_missing_baseline():
+    row = stats.figure('relay p50', 0.5, 'ms', 0.2, 'bare hop', '<= 2.5x', True)
+    assert row['ratio'] == pytest.approx(2.5)
+    assert stats.figure('x', 1.0, 'ms', 0.0)['ratio'] is None
+    assert stats.figure('x', float('nan'), 'ms')['value'] is None
+
+
+def test_period_stats_counts_missed_ticks():
+    t = np.arange(0.0, 1.0, 0.001)
+    t = np.delete(t, [100, 500])                   # two missed ticks
+    out = stats.period_stats(t, 0.001)
+    assert out['overrun_fraction'] == pytest.approx(2 / (t.size - 1))
+    assert out['rate_hz'] == pytest.approx(t.size / 1.0, rel=0.01)
+
+
+def test_parse_proc_stat_handles_spaces_in_the_name():
+    text = '42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 111 222 33 44 20 0 1 0 5 6 7\n'
+    assert stats.parse_proc_stat(text) == 333
+    assert stats.cpu_seconds(os.getpid()) > 0.0
+
+
+def test_tracking_errors_from_hold_and_interpolation():
+    t = np.array([0.0, 1.0, 2.0])
+    pos = np.array([[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0]])
+    held = stats.hold_positions([0.5, 1.5, -1.0], t, pos)
+    assert held[0, 0] == 0.0 and held[1, 0] == 1.0 and np.isnan(held[2, 0])
+    mid = stats.interp_positions([0.5, 3.0], t, pos)
+    assert mid[0, 0] == pytest.approx(0.5) and np.isnan(mid[1, 0])
+    err = stats.tracking_error(np.zeros((2, 3)), np.array([[3.0, 4.0, 0.0], [np.nan] * 3]))
+    assert err == {'rms': 5.0, 'max': 5.0, 'n': 1}
+
+
+def test_state_shares_within_the_window():
+    msgs = [{'recv_ns': int(t * 1e9), 'data': d} for t, d in
+            ((1.0, 'HOLD: waiting'), (2.0, 'NOMINAL'), (3.0, 'NOMINAL'), (9.0, 'ESTOP: x'))]
+    assert state_shares(msgs, (1.5, 5.0)) == {'NOMINAL': 1.0}
+
+
+def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys):
+    from telesurgery_ros.bench import cli
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(['latency', '--scale', '50'])
+    assert exit_info.value.code == 2
+    assert '--scale must be 0.1 to 10' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(['report', str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert 'no suite results' in capsys.readouterr().err
+
+
+@pytest.mark.ros
+def test_latency_quick_run_writes_results_and_report(launcher, tmp_path):
+    """The smallest suite configuration end to end, with whatever nodes the tree has."""
+    out = tmp_path / 'results'
+    proc = launcher.start_argv('bench', [sys.executable, '-m', 'telesurgery_ros.bench',
+                                         'latency', '--quick', '--out', str(out)])
+    code = proc.wait(240)
+    assert code is not None, 'telesurgery-bench latency --quick did not finish in 240 s'
+    with open(out / 'latency.json') as handle:
+        result = json.load(handle)
+    assert result['suite'] == 'latency'
+    assert result['config']['quick'] is True
+    machine = result['machine']
+    assert machine['cores'] >= 1 and machine['python'] and machine['rclpy']
+    names = {f['name']: f for f in result['figures']}
+    base = names['bare hop p50']
+    assert base['unit'] == 'ms' and base['value'] > 0.0      # a hop was measured
+    for row in result['figures']:
+        assert set(row) >= {'name', 'value', 'baseline', 'ratio', 'target', 'met'}
+    table = result['tables'][0]
+    assert table['rows'][0][0] == 'bare hop (baseline)' and table['rows'][0][1] > 0
+    if 'relay path p50 (2 hops + relay)' in names:           # the relay exists in this tree
+        relay = names['relay path p50 (2 hops + relay)']
+        assert relay['ratio'] == pytest.approx(relay['value'] / relay['baseline'], rel=1e-6)
+        assert relay['met'] in (True, False)
+    text = report.markdown_report(str(out))
+    assert '## Performance' in text and '| bare hop p50 |' in text
+    assert machine['cpu_model'] in text
