@@ -6,15 +6,19 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-long lint clean
+.PHONY: setup test test-long lint clean demo
 
 setup: $(STAMP)
 
 # Re-installs only when the pinned requirements or the package metadata change.
-$(STAMP): requirements.txt setup.py setup.cfg package.xml
+$(STAMP): requirements.txt setup.py setup.cfg package.xml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check --quiet --no-deps --no-build-isolation -e .
+	@# setup.cfg installs the executables where `ros2 run` looks (lib/telesurgery_ros/);
+	@# the user-facing telesurgery-* commands also go on the venv's PATH.
+	@for exe in $(VENV)/lib/telesurgery_ros/telesurgery-*; do \
+		ln -sf ../lib/telesurgery_ros/$$(basename $$exe) $(VENV)/bin/; done
 	@touch $(STAMP)
 	@echo "setup: $(VENV) is ready"
 
@@ -24,8 +28,23 @@ test: $(STAMP)
 test-long: $(STAMP)
 	$(PY) -m pytest -m long -s $(PYTEST_ARGS)
 
+# make demo [DURATION=30] [GUI=1] [PROFILE=rome_beijing_2024]: the whole stack with the
+# scripted surgeon motion; DURATION=0 runs until Ctrl-C. Writes runs/<timestamp>/.
+DURATION ?= 30
+PROFILE  ?= rome_beijing_2024
+GUI      ?= 0
+demo: $(STAMP)
+	$(PY) -m telesurgery_ros.demo --duration $(DURATION) --profile $(PROFILE) \
+		$(if $(filter 1 true yes,$(GUI)),--gui,)
+
 lint: $(STAMP)
 	$(PY) -m pytest test/test_flake8.py test/test_pep257.py
 
 clean:
 	rm -rf build install log .pytest_cache
+
+# make bench: every benchmark suite (under 10 minutes on 2 cores), results (JSON, PNG, logs)
+# in bench_results/<UTC time>/; the README section: telesurgery-bench report <that dir>.
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m telesurgery_ros.bench all --out bench_results/$$(date -u +%Y%m%dT%H%M%SZ) $(BENCH_ARGS)

@@ -39,6 +39,13 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
+            'telesurgery-bench = telesurgery_ros.bench.cli:main',
+            'telesurgery-launch = telesurgery_ros.launch_runner:main',
+            'telesurgery-demo = telesurgery_ros.demo:main',
+            'master_console = telesurgery_ros.nodes.master_console:main',
+            'network_relay = telesurgery_ros.nodes.network_relay:main',
+            'slave_controller = telesurgery_ros.nodes.slave_controller:main',
+            'safety_watchdog = telesurgery_ros.nodes.safety_watchdog:main',
         ],
     },
 )

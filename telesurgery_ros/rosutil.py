@@ -3,6 +3,7 @@ ROS 2 plumbing shared by the node adapters: QoS, parameters, conversions, ``main
 
 Nothing algorithmic lives here; the algorithms are in :mod:`telesurgery_ros.core`.
 """
+import signal
 import sys
 
 from builtin_interfaces.msg import Time
@@ -12,11 +13,12 @@ import numpy as np
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
 import rclpy
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+from rclpy.signals import SignalHandlerOptions
 
 from telesurgery_ros.core.params import check_table, ConfigError, to_namespace, validate_values
 
@@ -71,6 +73,9 @@ def declare_parameters(node, table, on_change=None, cross_check=None):
     for spec in table:
         default = list(spec.default) if spec.type is list else spec.default
         given = overrides.get(spec.name)
+        if spec.type is list and not default:
+            # rclpy cannot infer an array type from []: declare by type; unset reads as [].
+            default = given.value if given is not None else _ARRAY_TYPES[spec.item_type]
         if (spec.type is float and given is not None and isinstance(given.value, int)
                 and not isinstance(given.value, bool)):
             # `-p rate:=100` or `value: 100` in a launch file means 100.0; rclpy would
@@ -85,7 +90,7 @@ def declare_parameters(node, table, on_change=None, cross_check=None):
                             f"parameter '{spec.name}': {exc}")
     if problems:
         raise ConfigError(problems)
-    values = {name: node.get_parameter(name).value for name in by_name}
+    values = {name: _value(node, by_name[name]) for name in by_name}
     config = to_namespace(table, values)
     if cross_check is not None and cross_check(config):
         raise ConfigError(cross_check(config))
@@ -95,7 +100,7 @@ def declare_parameters(node, table, on_change=None, cross_check=None):
         changes = {p.name: p.value for p in params if p.name in by_name}
         found = validate_values(table, changes)
         if not found and cross_check is not None:
-            merged = {name: node.get_parameter(name).value for name in by_name}
+            merged = {name: _value(node, by_name[name]) for name in by_name}
             merged.update(changes)
             found = cross_check(to_namespace(table, merged))
         if found:
@@ -107,7 +112,7 @@ def declare_parameters(node, table, on_change=None, cross_check=None):
         names = sorted(p.name for p in params if p.name in by_name)
         if not names:
             return
-        values = {name: node.get_parameter(name).value for name in by_name}
+        values = {name: _value(node, by_name[name]) for name in by_name}
         node.config = to_namespace(table, values)
         node.get_logger().info('parameters changed: ' + ', '.join(
             f'{n}={node.get_parameter(n).value!r}' for n in names))
@@ -117,6 +122,18 @@ def declare_parameters(node, table, on_change=None, cross_check=None):
     node.add_on_set_parameters_callback(validate)
     node.add_post_set_parameters_callback(apply)
     return node.config
+
+
+_ARRAY_TYPES = {str: Parameter.Type.STRING_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
+                int: Parameter.Type.INTEGER_ARRAY, bool: Parameter.Type.BOOL_ARRAY,
+                None: Parameter.Type.STRING_ARRAY}
+
+
+def _value(node, spec):
+    try:
+        return node.get_parameter(spec.name).value
+    except ParameterUninitializedException:
+        return list(spec.default)
 
 
 def _override_value(node, name):
@@ -177,6 +194,17 @@ def _fmt(value):
 
 # --- main ----------------------------------------------------------------------------------
 
+_stop_requested = []
+
+
+def _request_stop(_signum, _frame):
+    # Never raise here: an exception inside a callback would be swallowed by the executor.
+    # The spin loop below sees the request within 0.1 s; a second signal interrupts at once.
+    if _stop_requested:
+        raise KeyboardInterrupt
+    _stop_requested.append(_signum)
+
+
 def run_node(node_class, args=None, executor='events'):
     """
     Run one node until Ctrl-C or shutdown; the body of every executable's ``main()``.
@@ -186,7 +214,13 @@ def run_node(node_class, args=None, executor='events'):
     process exits with code 2, never with a traceback. A node may define ``on_shutdown()``
     (e.g. command a hold); it runs before the node is destroyed.
     """
-    rclpy.init(args=args)
+    # rclpy's own SIGINT/SIGTERM handler shuts the context down at once, so on_shutdown()
+    # could publish nothing (no final hold). Our handler only asks the spin loop to stop.
+    # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    del _stop_requested[:]
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
     node = None
     code = 0
     try:
@@ -197,7 +231,10 @@ def run_node(node_class, args=None, executor='events'):
         else:
             exe = rclpy.executors.SingleThreadedExecutor()
         exe.add_node(node)
-        exe.spin()
+        # EventsExecutor.spin() never returns on SIGINT/SIGTERM (rclpy 9.1.2, checked);
+        # spin_once() in a loop that watches for a stop request works with both executors.
+        while rclpy.ok() and not _stop_requested:
+            exe.spin_once(timeout_sec=0.1)
     except ConfigError as exc:
         name = node_class.__name__ if node is None else node.get_name()
         for line in exc.problems:

@@ -11,6 +11,7 @@ TABLE = (
     Param('input', 'trajectory', 'input source', choices=('trajectory', 'replay')),
     Param('low', 1.0, 'lower bound', unit='m'),
     Param('high', 2.0, 'upper bound', unit='m'),
+    Param('pairs', [], 'topic pairs', item_type=str),
 )
 
 
@@ -81,3 +82,18 @@ def test_stamp_conversion_round_trip():
     stamp = sec_to_stamp(1234.000000789)
     assert (stamp.sec, stamp.nanosec) == (1234, 789)
     assert abs(stamp_to_sec(stamp) - 1234.000000789) < 1e-9
+
+
+def test_empty_list_parameters_take_overrides_and_default_to_empty(ros_context):
+    node = make_node()
+    try:
+        assert node.config.pairs == []
+        assert node.set_parameters([Parameter('pairs', value=['a>b'])])[0].successful
+        assert node.config.pairs == ['a>b']
+    finally:
+        node.destroy_node()
+    node = make_node([Parameter('pairs', value=['x>y', 'z>w'])])
+    try:
+        assert node.config.pairs == ['x>y', 'z>w']
+    finally:
+        node.destroy_node()
