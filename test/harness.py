@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from telesurgery_ros.procman import describe_returncode, ManagedProcess
@@ -98,8 +98,9 @@ class Probe(Node):
     def __init__(self, name='test_probe'):
         super().__init__(name)
         self.received = {}
+        self._service_clients = {}
         self._lock = threading.Lock()
-        self._executor = MultiThreadedExecutor(num_threads=2)
+        self._executor = SingleThreadedExecutor()
         self._executor.add_node(self)
         self._thread = threading.Thread(target=self._executor.spin, daemon=True)
         self._thread.start()
@@ -134,20 +135,31 @@ class Probe(Node):
 
     def call(self, srv_type, name, request=None, timeout=10.0):
         """Call a service and return the response (fail the test on timeout)."""
-        client = self.create_client(srv_type, name)
-        try:
-            assert client.wait_for_service(timeout_sec=timeout), f'service {name} not available'
-            future = client.call_async(request or srv_type.Request())
-            deadline = time.monotonic() + timeout
-            while not future.done():
-                assert time.monotonic() < deadline, f'service {name} did not answer'
-                time.sleep(0.01)
-            return future.result()
-        finally:
-            self.destroy_client(client)
+        # Clients are kept until close(): destroying one while the executor spins in its
+        # thread makes every later spin raise, which starves the subscriptions.
+        key = (srv_type, name)
+        if key not in self._service_clients:
+            self._service_clients[key] = self.create_client(srv_type, name)
+        client = self._service_clients[key]
+        assert client.wait_for_service(timeout_sec=timeout), f'service {name} not available'
+        future = client.call_async(request or srv_type.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            assert time.monotonic() < deadline, f'service {name} did not answer'
+            time.sleep(0.01)
+        return future.result()
 
     def close(self):
-        self._executor.shutdown(timeout_sec=2.0)
+        """
+        Stop spinning, wait for the spin thread to end, then destroy the node.
+
+        Destroying entities while the thread still spins makes every later spin raise
+        ("cannot use Destroyable"), burning the test process's CPU for the rest of the run.
+        """
+        self._executor.remove_node(self)
+        self._executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=5.0)
+        assert not self._thread.is_alive(), 'the probe executor did not stop'
         self.destroy_node()
 
 

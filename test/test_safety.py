@@ -250,10 +250,10 @@ def test_slave_silent_during_start_up_holds_but_does_not_latch():
 def test_slave_dead_estop_reset_refused_until_it_is_back():
     rig = Rig(slave_dead_timeout=0.5).nominal()
     rig.slave_alive = False
-    rig.run(0.15)
+    rig.run(0.3)        # past feedback_timeout (0.25 s), before slave_dead_timeout
     assert rig.state == S.HOLD
     assert 'feedback lost' in rig.sup.status.reason
-    rig.run(0.4)
+    rig.run(0.3)
     assert rig.state == S.ESTOP
     assert rig.sup.status.reason.startswith('slave controller dead')
     ok, message, _t = rig.sup.reset()
@@ -365,7 +365,8 @@ def test_config_yaml_matches_the_parameter_table():
 
 def simulate_profile(profile_name, duration, seed=0, command_rate=500.0, check_rate=200.0,
                      config=None):
-    """Run the supervisor for ``duration`` s of simulated time behind an emulated link.
+    """
+    Run the supervisor for ``duration`` s of simulated time behind an emulated link.
 
     The console sends a 2 cm circle at 0.2 Hz through the profile's forward link
     (core/netem.Link: delay, jitter, correlation, loss, reordering); the arm follows the

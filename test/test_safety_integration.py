@@ -1,4 +1,5 @@
-"""The safety "done when" list with the REAL slave_controller and safety_watchdog.
+"""
+The safety "done when" list with the REAL slave_controller and safety_watchdog.
 
 The probe stands in for the relay: it streams psm1/servo_cp at 200 Hz with stamps from the
 shared clock, and records psm1/measured_cp (the arm as PyBullet has it), safety/state and
@@ -38,7 +39,8 @@ def wait_motion(probe, timeout=20.0):
 
 
 def wait_reason(probe, name, text, since, timeout=5.0, transition=True):
-    """Return (time, status) of the first transition to ``name`` received after ``since``.
+    """
+    Return (time, status) of the first transition to ``name`` received after ``since``.
 
     Only a transition from a state that allowed motion, with ``text`` in its reason, counts
     (with ``transition`` false: any such state).
@@ -57,7 +59,8 @@ def wait_reason(probe, name, text, since, timeout=5.0, transition=True):
 
 
 def positions(probe, since=None, until=None, stamps=False):
-    """(t, xyz) of the arm's measured tool tip received between two monotonic times.
+    """
+    (t, xyz) of the arm's measured tool tip received between two monotonic times.
 
     With ``stamps``, t is the slave's header stamp (wall clock) instead of the arrival time.
     Scans from the newest message back, so waiting loops stay cheap.
@@ -115,7 +118,8 @@ def held_since(probe, since):
 
 
 def drive(probe, streamer, target, speed=0.02, timeout=30.0):
-    """Glide the command to ``target`` like the console: re-anchor to the arm after a HOLD.
+    """
+    Glide the command to ``target`` like the console: re-anchor to the arm after a HOLD.
 
     On a loaded machine a HOLD can interrupt the glide (a starved slave loop); the console
     then re-anchors to the arm's pose, waits for motion and goes on from there.

@@ -1,4 +1,5 @@
-"""Soak: the whole stack under rome_beijing_2024 for 10 minutes, zero false trips.
+"""
+Soak: the whole stack under rome_beijing_2024 for 10 minutes, zero false trips.
 
 All four nodes run with their defaults (master_console's scripted circle, network_relay's
 default profile rome_beijing_2024, slave_controller, safety_watchdog). Once the stack is
@@ -87,7 +88,8 @@ def test_rome_beijing_soak_has_no_false_trips(launcher, probe):
 
 @pytest.mark.long
 def test_ten_simulated_minutes_of_rome_beijing_have_no_false_trips():
-    """The same soak in simulated time: the pure supervisor behind core/netem's link model.
+    """
+    The same soak in simulated time: the pure supervisor behind core/netem's link model.
 
     Independent of the machine's load: only the network can trip it here.
     """

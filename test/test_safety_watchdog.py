@@ -1,4 +1,5 @@
-"""safety_watchdog as a process, against stand-in publishers in the test process.
+"""
+safety_watchdog as a process, against stand-in publishers in the test process.
 
 The probe plays the relay (commands) and the slave (feedback, force, control-loop
 diagnostics); every reaction is asserted on the real ``safety/state`` and ``/diagnostics``.

@@ -1,4 +1,5 @@
-"""The safety state machine and every check of the watchdog, without ROS.
+"""
+The safety state machine and every check of the watchdog, without ROS.
 
 The watchdog observes the patient side only (commands as they arrive from the relay, the
 slave's feedback, contact force, the relay's statistics and the slave's own diagnostics) and
@@ -46,7 +47,7 @@ class SafetyConfig:
     limits: CommandLimits = field(default_factory=CommandLimits)
     jaw_min: float = -0.349             # rad
     jaw_max: float = 1.396              # rad
-    feedback_timeout: float = 0.1       # s without measured_js/measured_cp -> HOLD
+    feedback_timeout: float = 0.25      # s without measured_js/measured_cp -> HOLD
     slave_dead_timeout: float = 0.5     # s without any feedback (after it was seen) -> ESTOP
     slave_diag_timeout: float = 2.0     # s, older slave diagnostics are ignored
     slave_error_reports: int = 4        # consecutive ERROR reports of the slave loop -> HOLD

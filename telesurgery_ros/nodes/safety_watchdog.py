@@ -1,4 +1,5 @@
-"""safety_watchdog: fail-safe supervision of the patient side (a thin adapter).
+"""
+safety_watchdog: fail-safe supervision of the patient side (a thin adapter).
 
 Subscribes to the commands as they arrive from the relay, the slave's feedback, contact
 force, the relay's statistics and ``/diagnostics``; the decisions are in
