@@ -62,8 +62,10 @@ def test_suture_has_arcs_pauses_and_a_jaw_release():
     assert jaw.max() == pytest.approx(TrajectoryInput.jaw_open, rel=1e-3)
     assert jaw.min() == 0.0
     assert (speed < 1e-9).sum() > 0.2 * len(speed)            # pauses
-    assert p[:, 2].min() == pytest.approx(-0.01, rel=1e-3)     # arc below ...
-    assert p[:, 2].max() == pytest.approx(0.01, rel=1e-3)      # ... and back above
+    depth = TrajectoryInput.arc_depth * 0.01
+    assert p[:, 2].min() == pytest.approx(-depth, rel=1e-3)    # arc below ...
+    assert p[:, 2].max() == pytest.approx(depth, rel=1e-3)     # ... and back above
+    assert p[:, 1].max() == pytest.approx(0.02, rel=1e-3)      # across the wound
     roll = max(quat_angle(s.orientation, [0, 0, 0, 1]) for s in samples)
     assert roll == pytest.approx(TrajectoryInput.roll, rel=1e-3)
 

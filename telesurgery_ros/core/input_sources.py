@@ -46,13 +46,18 @@ class TrajectoryInput:
     Deterministic scripted surgeon motion, starting at its centre with zero velocity.
 
     ``circle``: radius ``amplitude`` in the x-y plane; ``figure_eight``: a lemniscate of
-    Gerono, ``amplitude`` wide; ``suture``: a needle-driving cycle (pause, a half-circle arc of
-    radius ``amplitude`` in the y-z plane with a wrist roll, release: jaw opens and closes,
-    return arc). ``frequency`` is cycles per second, ``center`` offsets input space, and the
-    amplitude ramps in over ``ramp`` seconds so the first sample is the centre.
+    Gerono, ``amplitude`` wide; ``suture``: a needle-driving cycle (pause, a half-ellipse arc in
+    the y-z plane, ``amplitude`` wide and ``arc_depth * amplitude`` deep, with a wrist roll;
+    release: jaw opens and closes; return arc above). ``frequency`` is cycles per second,
+    ``center`` offsets input space, and the amplitude ramps in over ``ramp`` seconds so the
+    first sample is the centre.
     """
 
     jaw_open = 0.7             # rad, suture release
+    # Depth of the needle-drive arc as a fraction of the amplitude: at the default 20 mm the
+    # tip dips 10 mm, clear of the task board 15 mm below the home pose (a full 20 mm dip
+    # struck the board at 55 N and latched ESTOP in every profile of the tracking benchmark).
+    arc_depth = 0.5
     roll = math.radians(30.0)  # rad, wrist roll during the suture arc
 
     def __init__(self, shape='circle', amplitude=0.02, frequency=0.2,
@@ -93,7 +98,7 @@ class TrajectoryInput:
             jaw = self.jaw_open * math.sin(math.pi * (u - 0.50) / 0.20) ** 2
         else:                                         # pull through: arc back above
             phi, jaw = math.pi * (1.0 + smoothstep((u - 0.70) / 0.30)), 0.0
-        offset = np.array([0.0, a * (1.0 - math.cos(phi)), -a * math.sin(phi)])
+        offset = np.array([0.0, a * (1.0 - math.cos(phi)), -self.arc_depth * a * math.sin(phi)])
         angle = self.roll * math.sin(0.5 * phi)
         return offset, angle, jaw
 
