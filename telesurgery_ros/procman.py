@@ -26,6 +26,30 @@ def _die_with_parent():
         pass
 
 
+def ros_args(params=None, remaps=None, name=None, namespace=None):
+    """Build ``--ros-args`` for a node: parameters, remappings, node name and namespace."""
+    args = ['--ros-args']
+    if name:
+        args += ['-r', f'__node:={name}']
+    if namespace:
+        args += ['-r', f'__ns:=/{namespace.lstrip("/")}']
+    for src, dst in (remaps or {}).items():
+        args += ['-r', f'{src}:={dst}']
+    for key, value in (params or {}).items():
+        args += ['-p', f'{key}:={_param_text(value)}']
+    return args
+
+
+def _param_text(value):
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, (list, tuple)):
+        return '[' + ','.join(_param_text(v) for v in value) + ']'
+    if isinstance(value, str):
+        return f"'{value}'" if value == '' or ',' in value or ':' in value else value
+    return repr(value)
+
+
 def describe_returncode(code):
     """'exit code 0', 'killed by SIGKILL', ... for a Popen returncode."""
     if code is None:

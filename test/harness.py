@@ -5,6 +5,7 @@ Read like a launch test: start the processes, wait until they are ready, assert 
 run, then stop them and assert how they exited.
 """
 import os
+import re
 import signal
 import sys
 import threading
@@ -13,31 +14,22 @@ import time
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
-from telesurgery_ros.procman import describe_returncode, ManagedProcess
+from telesurgery_ros.procman import describe_returncode, ManagedProcess, ros_args
 
 
-def ros_args(params=None, remaps=None, name=None, namespace=None):
-    """Build ``--ros-args`` for a node: params dict, remaps dict, name and namespace."""
-    args = ['--ros-args']
-    if name:
-        args += ['-r', f'__node:={name}']
-    if namespace:
-        args += ['-r', f'__ns:={namespace}']
-    for src, dst in (remaps or {}).items():
-        args += ['-r', f'{src}:={dst}']
-    for key, value in (params or {}).items():
-        args += ['-p', f'{key}:={_param_text(value)}']
-    return args
+def pids(proc):
+    """Map node name -> pid from a launch runner's ``[launch] <name> started (pid N)`` lines."""
+    return {m.group(1): int(m.group(2)) for m in
+            re.finditer(r'\[launch\] (\S+) started \(pid (\d+)\)', proc.output())}
 
 
-def _param_text(value):
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(_param_text(v) for v in value) + ']'
-    if isinstance(value, str):
-        return f"'{value}'" if value == '' or ',' in value or ':' in value else value
-    return repr(value)
+def alive(pid):
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as gone)."""
+    try:
+        with open(f'/proc/{pid}/stat') as handle:
+            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 class Launcher:

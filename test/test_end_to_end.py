@@ -10,13 +10,12 @@ printed, never asserted tightly.
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
 
 from geometry_msgs.msg import PoseStamped
-from harness import wait_for
+from harness import alive, pids, wait_for
 from mcap.reader import make_reader
 import numpy as np
 import pytest
@@ -44,20 +43,6 @@ pytestmark = pytest.mark.ros
 def state_of(probe):
     msg = probe.latest(STATE)
     return None if msg is None else SafetyStatus.decode(msg.data).state
-
-
-def pids(proc):
-    return {m.group(1): int(m.group(2)) for m in
-            re.finditer(r'\[launch\] (\S+) started \(pid (\d+)\)', proc.output())}
-
-
-def alive(pid):
-    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as gone)."""
-    try:
-        with open(f'/proc/{pid}/stat') as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 class Stack:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from harness import wait_for
+from harness import alive, pids, wait_for
 import pytest
 
 from telesurgery_ros import launch_runner, resources
@@ -166,19 +166,6 @@ def test_check_resolves_everything_from_an_install_prefix(tmp_path):
 
 
 # --- processes --------------------------------------------------------------------------
-
-def pids(proc):
-    return {m.group(1): int(m.group(2)) for m in
-            re.finditer(r'\[launch\] (\S+) started \(pid (\d+)\)', proc.output())}
-
-
-def alive(pid):
-    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as gone)."""
-    try:
-        with open(f'/proc/{pid}/stat') as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def start_runner(launcher, *args):

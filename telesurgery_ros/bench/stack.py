@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from telesurgery_ros.bench.stats import cpu_seconds
-from telesurgery_ros.procman import describe_returncode, ManagedProcess
+from telesurgery_ros.procman import describe_returncode, ManagedProcess, ros_args
 
 
 ESTOP_TEXT = '-> ESTOP'                # the watchdog's log line on a latched ESTOP
@@ -42,30 +42,6 @@ def require_nodes(*executables):
     missing = [e for e in executables if not node_available(e)]
     if missing:
         raise Unavailable(f'node(s) not available: {", ".join(missing)}')
-
-
-def ros_args(params=None, namespace=None, name=None, remaps=None):
-    """``--ros-args`` for a node: parameters, namespace, node name and remappings."""
-    args = ['--ros-args']
-    if name:
-        args += ['-r', f'__node:={name}']
-    if namespace:
-        args += ['-r', f'__ns:=/{namespace.lstrip("/")}']
-    for src, dst in (remaps or {}).items():
-        args += ['-r', f'{src}:={dst}']
-    for key, value in (params or {}).items():
-        args += ['-p', f'{key}:={_param_text(value)}']
-    return args
-
-
-def _param_text(value):
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(_param_text(v) for v in value) + ']'
-    if isinstance(value, str):
-        return f"'{value}'" if value == '' or ',' in value or ':' in value else value
-    return repr(value)
 
 
 class Stack:
@@ -105,13 +81,13 @@ class Stack:
         """Start the node executable ``telesurgery_ros.nodes.<executable>``."""
         require_nodes(executable)
         argv = [sys.executable, '-m', f'telesurgery_ros.nodes.{executable}',
-                *ros_args(params, namespace, name, remaps)]
+                *ros_args(params, remaps=remaps, name=name, namespace=namespace)]
         return self.start(label or _label(executable, namespace), argv)
 
     def source(self, topic, rate, namespace=None, label='source'):
         """Start a stamped pose source process (see :mod:`telesurgery_ros.bench.echo`)."""
         argv = [sys.executable, '-m', 'telesurgery_ros.bench.echo', 'source',
-                *ros_args({'topic': topic, 'rate': float(rate)}, namespace)]
+                *ros_args({'topic': topic, 'rate': float(rate)}, namespace=namespace)]
         return self.start(label, argv)
 
     def sink(self, topics, label='sink', namespace=None, diagnostics=False, safety=False):
@@ -119,8 +95,8 @@ class Stack:
         prefix = os.path.join(self.workdir, f'{self.label}-{label}'.replace('/', '_'))
         argv = [sys.executable, '-m', 'telesurgery_ros.bench.echo', 'sink',
                 *ros_args({'topics': list(topics), 'output': prefix,
-                           'diagnostics': diagnostics, 'safety': safety}, namespace,
-                          name=label.replace('-', '_').replace('/', '_'))]
+                           'diagnostics': diagnostics, 'safety': safety},
+                          namespace=namespace, name=label.replace('-', '_').replace('/', '_'))]
         return self.start(label, argv), prefix
 
     def check_alive(self):
