@@ -119,3 +119,20 @@ def test_sourced_install_finds_the_package_share(installed):
     out = subprocess.run(['bash', '-c', script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == os.path.join(installed, 'share', PKG)
+
+
+@pytest.mark.parametrize('launch_file', sorted(
+    os.listdir(os.path.join(ROOT, 'launch'))))
+def test_installed_launch_files_pass_the_runners_validation(installed, launch_file):
+    """Each installed launch file resolves every node and parameter file from the install."""
+    workspace = os.path.dirname(os.path.dirname(installed))
+    path = os.path.join(installed, 'share', PKG, 'launch', launch_file)
+    script = (f'source {workspace}/install/setup.bash && cd / && {sys.executable} -m '
+              f'telesurgery_ros.launch_runner --check {path}')
+    out = subprocess.run(['bash', '-c', script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    share = os.path.join(installed, 'share', PKG)
+    lib = os.path.join(installed, 'lib', PKG)
+    assert f'{share}/config/' in out.stdout, 'parameter files must come from the install'
+    assert f'{lib}/' in out.stdout, 'executables must come from the install'
+    assert ROOT + '/config' not in out.stdout and ROOT + '/launch' not in out.stdout
