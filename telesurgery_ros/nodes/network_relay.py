@@ -109,22 +109,20 @@ def import_message(type_name):
 def matched_qos(infos, reliability='auto', durability='auto', depth=100):
     """Return the QoS that matches every publisher in ``infos`` (topic_tools' rule)."""
     profiles = [info.qos_profile for info in infos]
-    if reliability == 'auto':
-        rel = (ReliabilityPolicy.RELIABLE if profiles and all(
-            p.reliability == ReliabilityPolicy.RELIABLE for p in profiles)
-            else ReliabilityPolicy.BEST_EFFORT)
-    else:
-        rel = ReliabilityPolicy.RELIABLE if reliability == 'reliable' else \
-            ReliabilityPolicy.BEST_EFFORT
-    if durability == 'auto':
-        dur = (DurabilityPolicy.TRANSIENT_LOCAL if profiles and all(
-            p.durability == DurabilityPolicy.TRANSIENT_LOCAL for p in profiles)
-            else DurabilityPolicy.VOLATILE)
-    else:
-        dur = DurabilityPolicy.TRANSIENT_LOCAL if durability == 'transient_local' else \
-            DurabilityPolicy.VOLATILE
+    rel = _policy(reliability, 'reliable', profiles, 'reliability',
+                  ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT)
+    dur = _policy(durability, 'transient_local', profiles, 'durability',
+                  DurabilityPolicy.TRANSIENT_LOCAL, DurabilityPolicy.VOLATILE)
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel,
                       durability=dur)
+
+
+def _policy(setting, strong_name, profiles, attribute, strong, weak):
+    """Pick ``strong`` only if asked for, or on 'auto' if every publisher offers it."""
+    if setting == 'auto':
+        return strong if profiles and all(
+            getattr(p, attribute) == strong for p in profiles) else weak
+    return strong if setting == strong_name else weak
 
 
 @dataclass
