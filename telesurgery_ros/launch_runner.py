@@ -11,8 +11,10 @@ file, line and tag named:
   name, namespace, param [``from:`` file or ``name``/``value``], remap [from/to], output,
   args), ``include`` (file, arg [name/value]), ``group`` (a list of children, or ``children:``)
   with ``push-ros-namespace`` / ``push_ros_namespace`` (namespace), ``set_env`` (name, value);
+- conditions: ``if:`` / ``unless:`` on every tag, true for ``true``/``1`` and false for
+  ``false``/``0`` (any case), anything else refused, as ``launch`` does;
 - substitutions: ``$(var NAME)``, ``$(find-pkg-share PKG)``, ``$(env NAME [DEFAULT])``,
-  ``$(dirname)``.
+  ``$(dirname)``, ``$(equals A B)``, ``$(not-equals A B)``.
 
 Each node runs as its own process (:class:`telesurgery_ros.procman.ManagedProcess`): own
 process group, output prefixed with the node name, SIGINT -> SIGTERM -> SIGKILL on stop, killed
@@ -24,6 +26,7 @@ or stopped by our SIGINT), 1 otherwise, and 2 for an invalid launch file or argu
 """
 import argparse
 import importlib.util
+import math
 import os
 import re
 import shlex
@@ -163,6 +166,9 @@ _ALLOWED_KEYS = {
     'set_env': ({'name', 'value'}, set()),
 }
 _SUPPORTED_TAGS = sorted([*_ALLOWED_KEYS, 'group'])
+# Every action of ``launch`` takes a condition (launch.Action.parse): one of these, not both.
+_CONDITION_KEYS = ('if', 'unless')
+_TRUE, _FALSE = ('true', '1'), ('false', '0')
 
 
 class Interpreter:
@@ -202,6 +208,8 @@ class Interpreter:
                                       'each entry must be a mapping with one key, the tag')
             tag, body = next(iter(entity.items()))
             line = entity.line
+            if not self._condition_holds(tag, body, scope, line):
+                continue
             if tag == 'group':
                 self._group(body, scope, line)
                 continue
@@ -212,11 +220,32 @@ class Interpreter:
             self._check_keys(tag, body, scope, line)
             getattr(self, '_' + tag.replace('-', '_'))(body, scope, line)
 
+    def _condition_holds(self, tag, body, scope, line):
+        """Evaluate an ``if:`` / ``unless:`` attribute (True when there is none)."""
+        if not isinstance(body, dict):
+            return True
+        given = [key for key in _CONDITION_KEYS if key in body]
+        if not given:
+            return True
+        if len(given) > 1:
+            raise LaunchFileError(scope.path, getattr(body, 'line', line),
+                                  f"tag '{tag}': 'if' and 'unless' cannot be used together")
+        key = given[0]
+        value = self._text(body, key, scope, line).strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise LaunchFileError(
+                scope.path, getattr(body, 'line', line),
+                f"tag '{tag}': condition {key}: {body[key]!r} evaluates to {value!r}, "
+                "expected one of 'true', '1', 'false', '0'")
+        return (value in _TRUE) == (key == 'if')
+
     def _check_keys(self, tag, body, scope, line, allowed=None):
         required, optional = allowed or _ALLOWED_KEYS[tag]
         if not isinstance(body, dict):
             raise LaunchFileError(scope.path, line, f"tag '{tag}' needs a mapping of attributes")
         line = getattr(body, 'line', line)
+        if allowed is None:
+            optional = optional | set(_CONDITION_KEYS)
         missing = sorted(required - set(body))
         if missing:
             raise LaunchFileError(scope.path, line,
@@ -263,7 +292,7 @@ class Interpreter:
 
     def _group(self, body, scope, line):
         if isinstance(body, dict):
-            self._check_keys('group', body, scope, line, ({'children'}, set()))
+            self._check_keys('group', body, scope, line, ({'children'}, set(_CONDITION_KEYS)))
             children = body['children']
         else:
             children = body
@@ -389,9 +418,13 @@ class Interpreter:
                 raise LaunchFileError(scope.path, line, str(exc)) from None
         if kind == 'dirname' and not params:
             return os.path.dirname(scope.path)
+        if kind in ('equals', 'not-equals') and len(params) == 2:
+            same = _equal(*params)
+            return 'true' if same == (kind == 'equals') else 'false'
         raise LaunchFileError(
             scope.path, line, f'substitution $({expression}) is not supported by the embedded '
-            'runner (supported: var NAME, env NAME [DEFAULT], find-pkg-share PKG, dirname)')
+            'runner (supported: var NAME, env NAME [DEFAULT], find-pkg-share PKG, dirname, '
+            'equals A B, not-equals A B)')
 
     # executables and parameter files ---------------------------------------------------
 
@@ -453,6 +486,16 @@ def _matches_node(key, full_name):
         key = '/' + key
     pattern = re.escape(key).replace(r'/\*\*', '(/.*)?').replace(r'\*', '[^/]*')
     return re.fullmatch(pattern, full_name) is not None
+
+
+def _equal(left, right):
+    """Compare as launch's EqualsSubstitution: booleans, then numbers, then text."""
+    if all(v.lower() in _TRUE + _FALSE for v in (left, right)):
+        return (left.lower() in _TRUE) == (right.lower() in _TRUE)
+    try:
+        return math.isclose(float(left), float(right))
+    except ValueError:
+        return left == right
 
 
 def _prefix_namespace(base, pushed, path, line):

@@ -74,6 +74,23 @@ def test_include_namespaces_and_remaps():
     assert nodes['child_node'].namespace == '/a/inner/arm'
 
 
+@pytest.mark.parametrize('arguments, expected', [
+    ({}, ['always', 'headless', 'relay_node']),
+    ({'gui': 'true', 'link': 'zenoh'}, ['always', 'link_node', 'viewer']),
+    ({'gui': 'TRUE', 'link': 'dds'}, ['always', 'relay_node', 'viewer']),
+    ({'gui': '0'}, ['always', 'headless', 'relay_node']),
+])
+def test_if_and_unless_conditions_as_launch_evaluates_them(arguments, expected):
+    nodes = describe(path('condition_launch.yaml'), arguments).nodes
+    assert sorted(n.name for n in nodes) == expected
+
+
+def test_a_condition_that_is_not_a_boolean_is_refused_naming_the_line():
+    with pytest.raises(LaunchFileError) as info:
+        describe(path('bad_condition_launch.yaml'), {})
+    assert ":3: tag 'node': condition if: '$(var gui)' evaluates to 'maybe'" in str(info.value)
+
+
 @pytest.mark.parametrize('name, message', [
     ('unsupported_tag_launch.yaml', ":3: tag 'executable' is not supported"),
     ('unsupported_subst_launch.yaml', ':7: substitution $(eval 1 + 1) is not supported'),

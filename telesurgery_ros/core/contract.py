@@ -32,6 +32,14 @@ def console_topic(topic):
 FORWARD_ROLES = ('servo_cp', 'jaw_servo_jp')
 BACKWARD_ROLES = ('measured_cp', 'setpoint_cp', 'measured_cf', 'measured_js')
 
+def predicted_topic(arm=DEFAULT_ARM):
+    """The console's predicted arm pose (``console/<arm>/predicted_cp``, PoseStamped)."""
+    return console_topic(f'{arm}/predicted_cp')
+
+
+# Hand input as sensor_msgs/Joy, from the viewer's keys or a joy_node (input:=joy).
+JOY_TOPIC = 'console/joy'
+
 SAFETY_STATE_TOPIC = 'safety/state'
 ESTOP_SERVICE = 'safety/estop'
 RESET_SERVICE = 'safety/reset'
