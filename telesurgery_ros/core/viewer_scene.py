@@ -104,6 +104,7 @@ class ViewerScene:
                                      specularColor=[0.0, 0.0, 0.0], physicsClientId=cid)
             self._place(body, FAR_AWAY)
             self.ghosts.append(body)
+        self._ghost_shown = [False] * len(self.ghosts)
         self.trails = [self._beads(colour, trail_length) for colour in trails]
         self._textures = {}
         self._panels = {}
@@ -195,11 +196,12 @@ class ViewerScene:
     def set_ghost(self, index, targets):
         """Pose ghost ``index`` (URDF joint name -> position), or hide it (None)."""
         body = self.ghosts[index]
-        if targets is None:
-            self._place(body, FAR_AWAY)
-            return
-        self._place(body, BASE_POSITION)
-        self._set_joints(body, targets)
+        shown = targets is not None
+        if shown != self._ghost_shown[index]:
+            self._place(body, BASE_POSITION if shown else FAR_AWAY)
+            self._ghost_shown[index] = shown
+        if shown:
+            self._set_joints(body, targets)
 
     def move_bead(self, trail, index, world_position):
         self._place(self.trails[trail][index], world_position)
@@ -222,9 +224,11 @@ class ViewerScene:
         return np.array(state[4])
 
     def set_camera(self, preset):
+        """Move the camera to a preset (the HUD panels follow)."""
         camera = CAMERA_PRESETS[preset]
         pb.resetDebugVisualizerCamera(camera.distance, camera.yaw, camera.pitch,
                                       list(camera.target), physicsClientId=self.client)
+        self.place_panels()
 
     def place_panels(self):
         """Keep the HUD panels in front of the camera; True when they moved (camera moved)."""

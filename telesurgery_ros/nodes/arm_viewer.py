@@ -42,6 +42,7 @@ STATUS_PANEL = (410, 392)            # px, top left
 KEYS_PANEL_HEIGHT = 46               # px, along the bottom
 MESSAGES_SHOWN = 2                   # newest action results on the HUD
 MESSAGE_LIFETIME = 30.0              # s
+CAMERA_CHECK_PERIOD = 0.5            # s, how often the HUD panels follow a moved camera
 
 PARAMETERS = (
     Param('arm', contract.DEFAULT_ARM, 'arm namespace of the topics', read_only=True),
@@ -186,7 +187,7 @@ class ArmViewer(Node):
         self.hud_every = viewer.Every(1.0 / cfg.hud_rate)
         self.trail_every = viewer.Every(1.0 / cfg.trail.rate)
         self.ghost_joints = [None] * len(self.ghost_topics)
-        self.ghost_shown = [False] * len(self.ghost_topics)
+        self.camera_every = viewer.Every(CAMERA_CHECK_PERIOD)
         self.hud_updates = 0
         self._hud_key = None
         self._warned_frames = set()
@@ -294,7 +295,8 @@ class ArmViewer(Node):
         self._draw_ghosts(start)
         if self.rings and self.trail_every.due(start):
             self._trails(start)
-        moved = self.scene.place_panels()
+        # The presets move the camera through us; the mouse can too: look now and then.
+        moved = self.camera_every.due(start) and self.scene.place_panels()
         if self.hud_every.due(start) or moved:
             self._hud(start)
         self.frames.frame(start, time.monotonic())
@@ -342,14 +344,11 @@ class ArmViewer(Node):
         for i, topic in enumerate(self.ghost_topics):
             item = self._fresh_pose(topic, now)
             if item is None:
-                if self.ghost_shown[i]:
-                    self.scene.set_ghost(i, None)
-                    self.ghost_shown[i] = False
+                self.scene.set_ghost(i, None)
                 continue
             result = self.kin.ik(item[1], item[2], reference=self.ghost_joints[i])
             self.ghost_joints[i] = result.joints
             self.scene.set_ghost(i, viewer.arm_targets(result.joints, jaw))
-            self.ghost_shown[i] = True
 
     def _trails(self, now):
         commanded = self._fresh_pose(self.config.trail.commanded_topic, now)
