@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Joy
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
 from telesurgery_ros import xdisplay
 from telesurgery_ros.core import contract
@@ -172,12 +173,24 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
         sys.executable, '-m', 'telesurgery_ros.launch_runner', '--embedded', LAUNCH_FILE,
         'gui:=true', 'input:=joy', 'profile:=lan'], env={'DISPLAY': display})
     started = time.monotonic()
-    wait_for(lambda: (state_of(probe) in (SafetyState.NOMINAL, SafetyState.DEGRADED)
-                      and probe.latest(MEASURED) is not None
-                      and statuses(probe, 'arm_viewer: render')) or not runner.running(),
-             READY_TIMEOUT, interval=0.2, what='the stack under control and the viewer up')
+    resets = []
+
+    def up():
+        if state_of(probe) == SafetyState.ESTOP and len(resets) < 3:
+            # Five nodes and a window starting at once on two loaded cores can trip the
+            # slave-loop and feedback checks into a latched ESTOP before the test begins.
+            resets.append(probe.call(Trigger, contract.RESET_SERVICE).message)
+            time.sleep(1.0)
+        return (state_of(probe) in (SafetyState.NOMINAL, SafetyState.DEGRADED)
+                and probe.latest(MEASURED) is not None
+                and statuses(probe, 'arm_viewer: render')) or not runner.running()
+
+    wait_for(up, READY_TIMEOUT, interval=0.2, what='the stack under control and the viewer up')
+    if resets:
+        print(f'ESTOP while starting (machine load), reset by the test: {resets}')
     assert runner.running(), runner.output()[-3000:]
     assert 'arm_viewer' in pids(runner)
+    print(f'states while starting: {sorted({m.data for m in probe.messages(STATE)})}')
     window = xdisplay.find_window(display, WINDOW, timeout=30.0)
     assert window is not None, 'no viewer window on the display'
     keys = xdisplay.Keyboard(display, window[0])
@@ -189,23 +202,37 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
                          for m in probe.messages(MEASURED)[-20:]]).mean(axis=0)
 
     # 1. Hold w (hand forward, +x) for 1.5 s: the arm moves by scale * speed * the time the
-    #    Joy stream said so.
+    #    Joy stream said so. A HOLD on the way (a loaded machine) re-anchors the hand to the
+    #    frozen arm, as it should, and spoils the measurement: then the motion is done again.
     teleop = wait_for(lambda: statuses(probe, 'master_console: teleop'), 10.0,
                       what='the console status')
     scale = float(teleop['scale'])
     speed = JoyMap().linear_speed
-    before = position()
-    probe.clear(contract.JOY_TOPIC)
-    held = keys.hold('w', 1.5)
-    time.sleep(2.0)                       # the command crosses the link, the arm settles
-    moved = position() - before
-    on_time, still_on = axis_on_time(probe.timed(contract.JOY_TOPIC), JoyMap().axis_x, 1.0)
-    expected = scale * speed * on_time
-    tolerance = 0.2 * expected + 0.001
-    print(f'key w held {held[1] - held[0]:.2f} s, Joy axis x at +1 for {on_time:.2f} s '
-          f'({len(probe.messages(contract.JOY_TOPIC))} Joy messages): expected '
-          f'{expected * 1e3:.1f} mm along x at scale {scale:g}, measured '
-          f'{moved * 1e3} mm, tolerance +-{tolerance * 1e3:.1f} mm')
+    for attempt in range(1, 4):
+        wait_for(lambda: state_of(probe) in (SafetyState.NOMINAL, SafetyState.DEGRADED), 30.0,
+                 what='NOMINAL before the motion')
+        time.sleep(0.5)
+        before = position()
+        probe.clear(contract.JOY_TOPIC)
+        probe.clear(STATE)
+        held = keys.hold('w', 1.5)
+        time.sleep(2.0)                   # the command crosses the link, the arm settles
+        moved = position() - before
+        on_time, still_on = axis_on_time(probe.timed(contract.JOY_TOPIC), JoyMap().axis_x, 1.0)
+        expected = scale * speed * on_time
+        tolerance = 0.2 * expected + 0.001
+        held_states = {SafetyStatus.decode(m.data).state for m in probe.messages(STATE)}
+        print(f'attempt {attempt}: key w held {held[1] - held[0]:.2f} s, Joy axis x at +1 for '
+              f'{on_time:.2f} s ({len(probe.messages(contract.JOY_TOPIC))} Joy messages): '
+              f'expected {expected * 1e3:.1f} mm along x at scale {scale:g}, measured '
+              f'{np.round(moved * 1e3, 2)} mm, tolerance +-{tolerance * 1e3:.1f} mm; states '
+              f'{sorted(s.name for s in held_states)}')
+        if not held_states & {SafetyState.HOLD, SafetyState.ESTOP}:
+            break
+        if SafetyState.ESTOP in held_states:
+            keys.tap('c')
+    else:
+        pytest.fail('every attempt at the motion met a HOLD (the machine is too loaded)')
     assert still_on is None, 'the Joy stream never released the axis'
     assert abs(on_time - (held[1] - held[0])) < 0.6
     assert abs(moved[0] - expected) <= tolerance
