@@ -354,3 +354,21 @@ def test_demo_verdict_counts_holds_after_ready_and_the_slaves_physics():
     assert not any('HOLD' in r for r in verdict(summary, [], True, 0.005, allow_hold=True))
     assert models_outages('degraded') and models_outages('starlink')
     assert not models_outages('rome_beijing_2024') and not models_outages('lan')
+
+
+def test_the_config_file_lists_every_parameter_with_its_default():
+    import yaml
+    from telesurgery_ros.nodes.arm_viewer import PARAMETERS
+
+    def flat(tree, prefix=''):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from flat(value, f'{prefix}{key}.')
+            else:
+                yield f'{prefix}{key}', value
+
+    with open(resources.data_path('config', 'arm_viewer.yaml')) as handle:
+        config = dict(flat(yaml.safe_load(handle)['/**']['ros__parameters']))
+    # 'profiles' defaults to [] (every profile), which a params file cannot spell: rcl reads an
+    # empty YAML list as a parameter with no type.
+    assert config == {p.name: p.default for p in PARAMETERS if p.name != 'profiles'}
