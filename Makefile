@@ -15,9 +15,9 @@ setup: system-packages $(STAMP)
 # with apt-get when missing and we are root (as CI is); elsewhere the one command is printed.
 SYSTEM_PACKAGES := xvfb libgl1-mesa-dri xdotool
 system-packages:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
-		done | tr '\n' ' '); \
+	@missing=; for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || \
+		missing="$${missing:+$$missing }$$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
 		echo "setup: the viewer and its tests need: $$missing (Debian names; no apt-get here)"; \

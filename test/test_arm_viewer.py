@@ -306,3 +306,27 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
     assert not any(s.startswith('ESTOP') for s in states)
     wait_for(lambda: int((statuses(probe, 'arm_viewer: render') or {'frames': 0})['frames']) > 0,
              20.0, what='the viewer drawing again after SIGCONT')
+
+
+@pytest.mark.long
+def test_make_demo_gui_reports_the_viewer_fps_and_the_arms_physics(
+        launcher, display, tmp_path):
+    """``make demo GUI=1`` in short: the summary has the physics and the viewer lines."""
+    import json
+    demo = launcher.start_argv('demo', [
+        sys.executable, '-m', 'telesurgery_ros.demo', '--gui', '--duration', '15',
+        '--profile', 'rome_beijing_2024', '--runs-dir', str(tmp_path),
+        '--ready-timeout', str(READY_TIMEOUT)], env={'DISPLAY': display})
+    code = demo.wait(READY_TIMEOUT + 120)
+    assert code is not None, 'the demo did not finish'
+    out = demo.output()
+    (run_dir,) = list(tmp_path.iterdir())
+    report = json.load(open(run_dir / 'report.json'))
+    loop = report['control_loop']
+    print(f"demo --gui: exit {code}, sound {report['sound']} {report['problems']}, physics "
+          f"{loop['physics_percent_mean']} % (min {loop['physics_percent_min']}), viewer "
+          f"{loop['viewer_fps_mean']} fps, holds after ready {report['holds_after_ready']}")
+    assert code == (0 if report['sound'] else 1)
+    assert report['gui'] and loop['reports'] > 0 and loop['viewer_fps_mean'] > 0
+    assert 'arm physics    ' in out and 'fps achieved' in out
+    assert '[arm_viewer] exited: ' in out
