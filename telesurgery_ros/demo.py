@@ -112,15 +112,20 @@ class RunMetrics:
         self.relay_delay = {}
         self.counts = {}
         self.ready_at = None                 # s after start, once the stack is up
+        self.ended = False                   # the run is over: the nodes are being stopped
         self.holds_after_ready = []
         self.loop = LoopFigures()            # slave control loop and viewer, after ready
 
     def mark_ready(self, now):
         self.ready_at = now - self.start
 
+    def mark_end(self):
+        """Mark the run over: what the nodes say while they stop is no longer judged."""
+        self.ended = True
+
     def on_diagnostics(self, statuses):
         """``statuses``: [(name, {key: value text})] of one /diagnostics message."""
-        if self.ready_at is None:
+        if self.ready_at is None or self.ended:
             return
         for name, values in statuses:
             self.loop.on_status(name, values)
@@ -157,7 +162,8 @@ class RunMetrics:
                 'from': None if self.state is None else self.state.name,
                 'to': status.state.name, 'reason': status.reason})
             self.state = status.state
-            if status.state is SafetyState.HOLD and self.ready_at is not None:
+            if status.state is SafetyState.HOLD and self.ready_at is not None and \
+                    not self.ended:
                 self.holds_after_ready.append(self.transitions[-1])
         self.state_series.append(now - self.start, int(status.state))
 
@@ -613,6 +619,8 @@ def main(argv=None):
                     print(('\r' + line + '  ') if tty else f'[demo] {line}', end='' if tty
                           else '\n', flush=True)
             stop.wait(0.1)
+        with lock:
+            metrics.mark_end()
         if tty and ready:
             print()
         if signals:

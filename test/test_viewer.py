@@ -352,6 +352,10 @@ def test_demo_verdict_counts_holds_after_ready_and_the_slaves_physics():
     assert any('1 HOLD(s) after the stack was up' in r for r in reasons)
     assert any('slave physics 94.97 % of real time (< 99 %' in r for r in reasons)
     assert not any('HOLD' in r for r in verdict(summary, [], True, 0.005, allow_hold=True))
+    metrics.mark_end()                       # the nodes stop: the watchdog's last HOLD
+    metrics.on_safety('NOMINAL', 6.0)
+    metrics.on_safety('HOLD: safety_watchdog shutting down', 7.0)
+    assert metrics.summary()['holds_after_ready'] == 1
     assert models_outages('degraded') and models_outages('starlink')
     assert not models_outages('rome_beijing_2024') and not models_outages('lan')
 

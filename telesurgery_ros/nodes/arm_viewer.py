@@ -30,7 +30,7 @@ from std_srvs.srv import SetBool, Trigger
 from telesurgery_ros import resources, rosutil, xdisplay
 from telesurgery_ros.core import contract, kinematics, viewer
 from telesurgery_ros.core.params import ConfigError, Param
-from telesurgery_ros.core.profiles import default_profiles_path, load_profiles, profile_names
+from telesurgery_ros.core.profiles import default_profiles_path, load_profiles
 from telesurgery_ros.core.viewer_hud import PanelRenderer
 from telesurgery_ros.rosutil import run_node
 
@@ -118,8 +118,9 @@ class ArmViewer(Node):
         problem = xdisplay.check_display()
         if problem:
             raise ConfigError([problem])
-        self.profiles = list(cfg.profiles) or profile_names(load_profiles(
-            default_profiles_path()))
+        # File order: from no impairment to the worst (p = a longer way, o = back).
+        self.profiles = list(cfg.profiles) or [
+            name for name in load_profiles(default_profiles_path()) if not name.startswith('_')]
         _set_priority(cfg.priority)
         self.kin = kinematics.PsmKinematics()
         self.topics = {role: VIEWS[cfg.view](name)
@@ -365,7 +366,11 @@ class ArmViewer(Node):
         self.messages.append((time.monotonic(), text, ok))
         self.messages = self.messages[-MESSAGES_SHOWN:]
         self.last_action = text
-        (self.get_logger().info if ok else self.get_logger().warning)(text)
+        # Two call sites: rclpy refuses one call site that logs at two severities.
+        if ok:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
         self._hud_key = None          # show it at the next HUD refresh
 
     def _act(self, action):
