@@ -6,9 +6,29 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-long lint clean demo
+.PHONY: setup test test-long lint clean demo system-packages
 
-setup: $(STAMP)
+setup: system-packages $(STAMP)
+
+# System packages of the GUI (arm_viewer) and its tests: an X server for headless machines,
+# Mesa's software OpenGL, and xdotool (the tests type into the viewer's window). Installed
+# with apt-get when missing and we are root (as CI is); elsewhere the one command is printed.
+SYSTEM_PACKAGES := xvfb libgl1-mesa-dri xdotool
+system-packages:
+	@missing=; for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || \
+		missing="$${missing:+$$missing }$$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "setup: the viewer and its tests need: $$missing (Debian names; no apt-get here)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "setup: installing system packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "setup: the viewer and its tests need system packages; run:" \
+			"sudo apt-get install --no-install-recommends $$missing"; \
+	fi
 
 # Re-installs only when the pinned requirements or the package metadata change.
 $(STAMP): requirements.txt setup.py setup.cfg package.xml Makefile
@@ -22,20 +42,23 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml Makefile
 	@touch $(STAMP)
 	@echo "setup: $(VENV) is ready"
 
-test: $(STAMP)
+test: system-packages $(STAMP)
 	$(PY) -m pytest -m 'not long' $(PYTEST_ARGS)
 
-test-long: $(STAMP)
+test-long: system-packages $(STAMP)
 	$(PY) -m pytest -m long -s $(PYTEST_ARGS)
 
-# make demo [DURATION=30] [GUI=1] [PROFILE=rome_beijing_2024]: the whole stack with the
-# scripted surgeon motion; DURATION=0 runs until Ctrl-C. Writes runs/<timestamp>/.
+# make demo [DURATION=30] [GUI=1] [INPUT=joy] [PROFILE=rome_beijing_2024]: the whole stack
+# with the scripted surgeon motion; DURATION=0 runs until Ctrl-C. Writes runs/<timestamp>/.
+# GUI=1 opens the arm_viewer window (a private Xvfb when there is no display); INPUT=joy hands
+# the controls to the viewer's keys instead of the script.
 DURATION ?= 30
 PROFILE  ?= rome_beijing_2024
 GUI      ?= 0
-demo: $(STAMP)
+INPUT    ?= trajectory
+demo: system-packages $(STAMP)
 	$(PY) -m telesurgery_ros.demo --duration $(DURATION) --profile $(PROFILE) \
-		$(if $(filter 1 true yes,$(GUI)),--gui,)
+		--input $(INPUT) $(if $(filter 1 true yes,$(GUI)),--gui,)
 
 lint: $(STAMP)
 	$(PY) -m pytest test/test_flake8.py test/test_pep257.py

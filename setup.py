@@ -30,7 +30,7 @@ setup(
     ],
     # The ROS 2 packages (rclpy, message packages) are not listed here: a ROS 2 install
     # provides them, and the pip-only set-up pins them in requirements.txt.
-    install_requires=['setuptools', 'numpy', 'PyYAML', 'pybullet', 'transforms3d'],
+    install_requires=['setuptools', 'numpy', 'PyYAML', 'pybullet', 'transforms3d', 'pillow'],
     extras_require={'test': ['pytest', 'catkin_pkg']},
     zip_safe=True,
     maintainer='telesurgery_ros developers',
@@ -46,6 +46,7 @@ setup(
             'network_relay = telesurgery_ros.nodes.network_relay:main',
             'slave_controller = telesurgery_ros.nodes.slave_controller:main',
             'safety_watchdog = telesurgery_ros.nodes.safety_watchdog:main',
+            'arm_viewer = telesurgery_ros.nodes.arm_viewer:main',
         ],
     },
 )

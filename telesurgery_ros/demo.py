@@ -14,9 +14,14 @@ and at the end a summary and ``report.json`` + PNG plots:
 - messages dropped: the ``dropped_*`` counters of ``network/stats``, both directions;
 - safety events: the transitions of ``safety/state``.
 
-The run is *sound* (exit code 0) when the stack came up, the arm followed (tracking error
-RMS within ``--max-tracking-rms``), round trips were measured, no ESTOP occurred and no node
-exited before the end. Node output goes to ``launch.log`` beside the recording.
+The run is *sound* (exit code 0) when the stack came up (commands and feedback flowing, safety
+state NOMINAL or DEGRADED), the arm followed (tracking error RMS within
+``--max-tracking-rms``), round trips were measured, no ESTOP occurred, no HOLD occurred after
+the stack was up (except with a profile that models outages, e.g. ``degraded``: an outage must
+end in HOLD), the slave's physics kept up with real time (``--min-physics`` percent, from its
+own ``/diagnostics``) and no node exited before the end. ``--gui`` adds the ``arm_viewer``
+window (a private Xvfb when there is no display) and the summary gives its fps. Node output goes
+to ``launch.log`` beside the recording.
 """
 import argparse
 import datetime
@@ -34,6 +39,7 @@ from telesurgery_ros import resources
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
 from telesurgery_ros.core.rtt import RttMonitor
+from telesurgery_ros.core.viewer import LoopFigures
 from telesurgery_ros.procman import describe_returncode, ManagedProcess
 
 POSE = 'geometry_msgs/msg/PoseStamped'
@@ -105,6 +111,24 @@ class RunMetrics:
         self.dropped = {}
         self.relay_delay = {}
         self.counts = {}
+        self.ready_at = None                 # s after start, once the stack is up
+        self.ended = False                   # the run is over: the nodes are being stopped
+        self.holds_after_ready = []
+        self.loop = LoopFigures()            # slave control loop and viewer, after ready
+
+    def mark_ready(self, now):
+        self.ready_at = now - self.start
+
+    def mark_end(self):
+        """Mark the run over: what the nodes say while they stop is no longer judged."""
+        self.ended = True
+
+    def on_diagnostics(self, statuses):
+        """``statuses``: [(name, {key: value text})] of one /diagnostics message."""
+        if self.ready_at is None or self.ended:
+            return
+        for name, values in statuses:
+            self.loop.on_status(name, values)
 
     def count(self, role):
         self.counts[role] = self.counts.get(role, 0) + 1
@@ -138,6 +162,9 @@ class RunMetrics:
                 'from': None if self.state is None else self.state.name,
                 'to': status.state.name, 'reason': status.reason})
             self.state = status.state
+            if status.state is SafetyState.HOLD and self.ready_at is not None and \
+                    not self.ended:
+                self.holds_after_ready.append(self.transitions[-1])
         self.state_series.append(now - self.start, int(status.state))
 
     def on_stats(self, statuses):
@@ -175,12 +202,21 @@ class RunMetrics:
             'relay_delay_p50_ms': self.relay_delay,
             'safety_events': self.transitions,
             'final_state': None if self.state is None else self.state.name,
+            'holds_after_ready': len(self.holds_after_ready),
+            'control_loop': self.loop.summary(),
             'messages': dict(self.counts),
         }
 
 
-def verdict(summary, node_failures, ready, max_tracking_rms):
-    """Return the list of reasons the run was not sound (empty: sound)."""
+def verdict(summary, node_failures, ready, max_tracking_rms, allow_hold=False,
+            min_physics=99.0):
+    """
+    Return the list of reasons the run was not sound (empty: sound).
+
+    ``allow_hold``: HOLDs after the stack was up are expected (a profile with outages).
+    ``min_physics``: the slave's physics must have kept this percent of real time on average
+    (from its own reports after the stack was up; not judged without reports).
+    """
     reasons = []
     if not ready:
         reasons.append('the stack never became ready (no commands at the arm, no feedback or '
@@ -197,7 +233,26 @@ def verdict(summary, node_failures, ready, max_tracking_rms):
                        f'{max_tracking_rms * 1e3:.2f} mm')
     if not summary['rtt_ms']['samples']:
         reasons.append('no round trip measured')
+    holds = summary.get('holds_after_ready', 0)
+    if holds and not allow_hold:
+        reasons.append(f'{holds} HOLD(s) after the stack was up')
+    loop = summary.get('control_loop') or {}
+    physics = loop.get('physics_percent_mean')
+    if physics is not None and physics < min_physics:
+        reasons.append(f'slave physics {physics:.2f} % of real time (< {min_physics:g} %, '
+                       f"min {loop['physics_percent_min']:.1f} %)")
     return reasons
+
+
+def models_outages(profile):
+    """Whether the named network profile (package file) cuts the link now and then."""
+    from telesurgery_ros.core.profiles import default_profiles_path, load_profiles, resolve
+    try:
+        resolved = resolve(load_profiles(default_profiles_path()), profile)
+    except ValueError:
+        return False        # an unknown profile: the relay reports it
+    return any(link.outage_windows or link.outage_mean_on > 0.0
+               for link in (resolved.forward, resolved.backward))
 
 
 def _fmt_ms(value):
@@ -215,7 +270,23 @@ def status_line(metrics, elapsed, duration):
             + f'  dropped {sum(metrics.dropped.values())}')
 
 
-def summary_text(summary, reasons, out_dir):
+def _physics_text(loop):
+    if not loop.get('reports'):
+        return 'n/a (no control-loop report from the slave)'
+    overruns = '' if loop.get('overruns') is None else f", {loop['overruns']:.0f} overruns"
+    return (f"{loop['physics_percent_mean']:.2f} % of real time (min "
+            f"{loop['physics_percent_min']:.1f} %, {loop['reports']} reports{overruns}; "
+            'slave_controller /diagnostics)')
+
+
+def _fps_text(loop):
+    if loop.get('viewer_fps_mean') is None:
+        return 'no fps report from arm_viewer'
+    return (f"{loop['viewer_fps_mean']:.1f} fps achieved (min {loop['viewer_fps_min']:.1f}; "
+            'arm_viewer /diagnostics)')
+
+
+def summary_text(summary, reasons, out_dir, gui=False):
     rtt, track = summary['rtt_ms'], summary['tracking_error']
     lines = [
         '--- summary ---',
@@ -231,6 +302,11 @@ def summary_text(summary, reasons, out_dir):
             f"{e['t']:.1f}s {e['to']}" + (f" ({e['reason']})" if e['reason'] else '')
             for e in summary['safety_events'][:8]) or 'none')
         + (' ...' if len(summary['safety_events']) > 8 else ''),
+        'arm physics    ' + _physics_text(summary.get('control_loop') or {}),
+    ]
+    if gui:
+        lines.append('viewer         ' + _fps_text(summary.get('control_loop') or {}))
+    lines += [
         'verdict        ' + ('sound' if not reasons else 'NOT sound: ' + '; '.join(reasons)),
         f'files          {out_dir}/',
     ]
@@ -317,6 +393,15 @@ def make_monitor(arm, recorder, metrics, lock):
                 self.subs.append(self.create_subscription(
                     classes[type_name], topic, self._callback(topic, type_name, role), qos,
                     raw=True))
+            # Not recorded: the slave's loop health and the viewer's fps, for the verdict.
+            self.subs.append(self.create_subscription(
+                DiagnosticArray, contract.DIAGNOSTICS_TOPIC, self._on_diagnostics,
+                DIAGNOSTICS_QOS))
+
+        def _on_diagnostics(self, msg):
+            with lock:
+                metrics.on_diagnostics([(s.name, {kv.key: kv.value for kv in s.values})
+                                        for s in msg.status])
 
         def _callback(self, topic, type_name, role):
             name = '/' + topic
@@ -362,10 +447,13 @@ def build_parser():
     parser.add_argument('--profile', default='rome_beijing_2024',
                         help='network profile (config/network_profiles.yaml)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the network impairments')
-    parser.add_argument('--gui', action='store_true', help='open the PyBullet GUI')
-    parser.add_argument('--input', default='trajectory', choices=('trajectory', 'replay'),
-                        help='surgeon input: trajectory (scripted motion, default) or replay '
-                             '(recorded CSV); keyboard needs a terminal, run it on its own')
+    parser.add_argument('--gui', action='store_true',
+                        help='open the arm_viewer window in the patient view (a private Xvfb '
+                             'when there is no display); the summary gives its fps')
+    parser.add_argument('--input', default='trajectory', choices=('trajectory', 'replay', 'joy'),
+                        help='surgeon input: trajectory (scripted motion, default), replay '
+                             "(recorded CSV) or joy (the viewer's keys drive: use with --gui); "
+                             'keyboard needs a terminal, run it on its own')
     parser.add_argument('--arm', default=contract.DEFAULT_ARM, help='arm namespace')
     parser.add_argument('--launch-file', default=None, metavar='FILE',
                         help='launch file with the same arguments as teleop_launch.yaml '
@@ -380,6 +468,9 @@ def build_parser():
     parser.add_argument('--max-tracking-rms', type=float, default=0.005, metavar='M',
                         help='tracking error RMS (m) above which the run is not sound '
                              '(default 0.005)')
+    parser.add_argument('--min-physics', type=float, default=99.0, metavar='PERCENT',
+                        help="the slave's physics must keep this percent of real time on "
+                             'average, per its own /diagnostics (default 99)')
     return parser
 
 
@@ -427,6 +518,9 @@ def main(argv=None):
     if options.private_domain:
         from telesurgery_ros.domain import isolate
         print(f'[demo] private ROS_DOMAIN_ID={isolate(os.environ)}', flush=True)
+    display = _viewer_display(options)
+    if display is False:
+        return 2
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, ShutdownException
@@ -472,9 +566,11 @@ def main(argv=None):
                    f"gui:={'true' if options.gui else 'false'}", f'input:={options.input}',
                    f'arm:={options.arm}']
     sink = _LogSink(os.path.join(out_dir, 'launch.log'))
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    if display is not None:
+        env['DISPLAY'] = display.display
     runner = ManagedProcess('launch', [sys.executable, '-m', 'telesurgery_ros.launch_runner',
-                                       launch_file, *launch_args],
-                            env={**os.environ, 'PYTHONUNBUFFERED': '1'}, sink=sink)
+                                       launch_file, *launch_args], env=env, sink=sink)
     print(f'[demo] {options.profile}, input {options.input}, seed {options.seed}, '
           f"{'GUI' if options.gui else 'headless'}; recording to {out_dir}/", flush=True)
     runner.start()
@@ -501,7 +597,9 @@ def main(argv=None):
             with lock:
                 ready_now = (metrics.counts.get('measured', 0) > 10
                              and metrics.counts.get('command', 0) > 10
-                             and metrics.state is not None)
+                             and metrics.state is not None and metrics.state.allows_motion)
+                if not ready and ready_now:
+                    metrics.mark_ready(time.time())
             if not ready and ready_now:
                 ready = True
                 run_start = now
@@ -521,6 +619,8 @@ def main(argv=None):
                     print(('\r' + line + '  ') if tty else f'[demo] {line}', end='' if tty
                           else '\n', flush=True)
             stop.wait(0.1)
+        with lock:
+            metrics.mark_end()
         if tty and ready:
             print()
         if signals:
@@ -534,6 +634,8 @@ def main(argv=None):
         rclpy.try_shutdown()
         recorder.close()
         sink.close()
+        if display is not None:
+            display.stop()
     for line in exits:
         print(f'[demo] {line}')
     if node_failures:
@@ -541,10 +643,13 @@ def main(argv=None):
 
     with lock:
         summary = metrics.summary()
-    reasons = verdict(summary, node_failures, ready, options.max_tracking_rms)
+    holds_expected = models_outages(options.profile)
+    reasons = verdict(summary, node_failures, ready, options.max_tracking_rms,
+                      allow_hold=holds_expected, min_physics=options.min_physics)
     plots = write_plots(metrics, out_dir)
     report = {
         'profile': options.profile, 'seed': options.seed, 'input': options.input,
+        'gui': options.gui, 'holds_expected': holds_expected,
         'arm': options.arm, 'duration_s': round(time.monotonic() - run_start, 2)
         if run_start is not None else 0.0,
         'started_utc': stamp, 'sound': not reasons, 'problems': reasons,
@@ -555,8 +660,36 @@ def main(argv=None):
     }
     with open(os.path.join(out_dir, 'report.json'), 'w') as handle:
         json.dump(_finite(report), handle, indent=2)
-    print(summary_text(summary, reasons, out_dir), flush=True)
+    print(summary_text(summary, reasons, out_dir, gui=options.gui), flush=True)
     return 0 if not reasons else 1
+
+
+def _viewer_display(options):
+    """
+    Make sure the viewer has a display: None (use $DISPLAY, or no GUI), a started Xvfb, or False.
+
+    Without a usable display a private Xvfb is started (and said so); False (after one line)
+    when that is impossible too.
+    """
+    if options.input == 'joy' and not options.gui:
+        print("[demo] input joy without --gui: the console waits for console/joy (a joy_node's "
+              'or a viewer started elsewhere)', flush=True)
+    if not options.gui:
+        return None
+    from telesurgery_ros import xdisplay
+    problem = xdisplay.check_display()
+    if problem is None:
+        return None
+    server = xdisplay.Xvfb()
+    try:
+        server.start()
+    except RuntimeError as exc:
+        print(f'telesurgery-demo: --gui: {problem}; and no private display either: {exc}',
+              file=sys.stderr)
+        return False
+    print(f'[demo] {problem.split(":")[0]}: the viewer runs on a private Xvfb '
+          f'{server.display} ({xdisplay.SCREEN[0]}x{xdisplay.SCREEN[1]})', flush=True)
+    return server
 
 
 def _finite(value):

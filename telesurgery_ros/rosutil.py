@@ -26,6 +26,11 @@ from telesurgery_ros.core.params import check_table, ConfigError, to_namespace, 
 STREAM_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10,
     reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+# Only the newest sample of a stream matters (the viewer's inputs, console/joy): a reader
+# that falls behind skips to the latest, and never holds a writer back.
+LATEST_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1,
+    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 # Safety state: every transition delivered, and a late joiner gets the current state.
 SAFETY_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1,

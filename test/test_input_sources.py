@@ -1,4 +1,4 @@
-"""Unit tests of the input sources (no rclpy): trajectories, CSV replay, keyboard key map."""
+"""Unit tests of the input sources (no rclpy): trajectories, CSV replay, keys, gamepad (Joy)."""
 import math
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 
 from telesurgery_ros import resources
 from telesurgery_ros.core.input_sources import (
-    KEY_HELP, KEY_MAP, KeyboardInput, load_replay, parse_replay, ReplayInput, SHAPES,
-    TrajectoryInput)
+    JoyInput, JoyMap, KEY_HELP, KEY_MAP, KeyboardInput, load_replay, parse_replay, ReplayInput,
+    SHAPES, TrajectoryInput, XBOX_AXES, XBOX_BUTTONS)
 from telesurgery_ros.core.params import ConfigError
 from telesurgery_ros.core.teleop import JAW_LIMITS, quat_angle, quat_from_rotvec
 
@@ -162,3 +162,89 @@ def test_every_mapped_key_is_in_the_printed_key_map():
     for key in KEY_MAP:
         label = 'space' if key == ' ' else key
         assert label in KEY_HELP, f'key {key!r} is not documented'
+
+
+# --- gamepad (sensor_msgs/Joy) ----------------------------------------------------------------
+
+def joy_message(**values):
+    """Axes and buttons of an Xbox-layout Joy message, by XBOX_AXES / XBOX_BUTTONS name."""
+    axes = [0.0] * len(XBOX_AXES)
+    buttons = [0] * len(XBOX_BUTTONS)
+    for name, value in values.items():
+        if name in XBOX_AXES:
+            axes[XBOX_AXES.index(name)] = value
+        else:
+            buttons[XBOX_BUTTONS.index(name)] = value
+    return axes, buttons
+
+
+def run_joy(source, axes, buttons, start, duration, rate=RATE):
+    """Send one Joy message per 50 ms (joy_node's autorepeat: 20 Hz) and sample at ``rate``."""
+    t = start
+    next_joy = start
+    while t < start + duration - 1e-9:
+        if t >= next_joy - 1e-9:
+            source.on_joy(axes, buttons, t)
+            next_joy += 0.05
+        sample = source.sample(t)
+        t += 1.0 / rate
+    return sample
+
+
+def test_default_joy_map_is_the_xbox_layout_of_joy_node():
+    m = JoyMap()
+    assert (XBOX_AXES[m.axis_x], XBOX_AXES[m.axis_y]) == ('left_stick_y', 'left_stick_x')
+    assert (XBOX_AXES[m.axis_z], XBOX_AXES[m.axis_roll]) == ('right_stick_y', 'right_stick_x')
+    assert XBOX_BUTTONS[m.button_clutch] == 'a'
+    assert (XBOX_BUTTONS[m.button_jaw_open], XBOX_BUTTONS[m.button_jaw_close]) == ('rb', 'lb')
+    assert len(XBOX_AXES) == 8 and len(XBOX_BUTTONS) == 11
+
+
+def test_joy_axes_are_velocities_along_the_rcm_axes():
+    source = JoyInput(JoyMap(linear_speed=0.1))
+    source.sample(0.0)
+    # Left stick pushed up (joy_node: +1) and half left: forward (+x) and left (+y).
+    sample = run_joy(source, *joy_message(left_stick_y=1.0, left_stick_x=0.5), 0.0, 1.0)
+    np.testing.assert_allclose(sample.position, [0.1, 0.05, 0.0], atol=0.1 / RATE + 1e-12)
+    # Right stick down: -z; released sticks: the hand stays where it is.
+    sample = run_joy(source, *joy_message(right_stick_y=-1.0), 1.0, 0.5)
+    assert sample.position[2] == pytest.approx(-0.05, abs=0.1 / RATE + 1e-12)
+    still = run_joy(source, *joy_message(), 1.5, 1.0).position
+    np.testing.assert_allclose(source.sample(3.0).position, still, atol=1e-15)
+
+
+def test_joy_roll_turns_about_z_and_the_jaw_buttons_open_and_close():
+    source = JoyInput(JoyMap(angular_speed=1.0, jaw_speed=1.0))
+    source.sample(0.0)
+    sample = run_joy(source, *joy_message(right_stick_x=1.0), 0.0, 0.5)
+    assert quat_angle(sample.orientation, quat_from_rotvec([0.0, 0.0, 0.5])) < 0.01
+    sample = run_joy(source, *joy_message(rb=1), 0.5, 0.4)
+    assert sample.jaw == pytest.approx(0.4, abs=0.01)
+    sample = run_joy(source, *joy_message(rb=1), 0.9, 5.0)
+    assert sample.jaw == pytest.approx(JAW_LIMITS[1])
+    sample = run_joy(source, *joy_message(lb=1), 5.9, 10.0)
+    assert sample.jaw == pytest.approx(JAW_LIMITS[0])
+
+
+def test_joy_clutch_is_held_and_a_silent_joy_stops_the_hand_and_releases_it():
+    source = JoyInput(JoyMap(linear_speed=0.1, timeout=0.5))
+    source.sample(0.0)
+    assert not source.sample(0.1).clutch                       # nothing received yet
+    sample = run_joy(source, *joy_message(a=1, left_stick_y=1.0), 0.1, 0.2)
+    assert sample.clutch
+    # The Joy source dies with the stick pushed: the hand moves for at most the timeout.
+    before = source.sample(0.3).position[0]
+    after = source.sample(5.0)
+    assert after.position[0] - before <= 0.1 * 0.5 + 1e-9
+    assert not after.clutch and not source.fresh(5.0)
+    assert source.messages == 4
+
+
+def test_joy_ignores_unused_missing_and_non_finite_values():
+    source = JoyInput(JoyMap(axis_y=-1, axis_z=40))
+    source.sample(0.0)
+    source.on_joy([math.nan, 1.0, 0.0, 1.0], [1], 0.0)    # short message, NaN on axis 0
+    sample = source.sample(0.1)
+    np.testing.assert_allclose(sample.position, [0.1 * 0.1, 0.0, 0.0], atol=1e-12)
+    source.on_joy([0.0, 7.0], [], 0.1)                     # out of range: clamped to 1
+    assert source.sample(0.2).position[0] == pytest.approx(0.02)

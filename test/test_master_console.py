@@ -21,12 +21,13 @@ import numpy as np
 import pytest
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import String
 
 from telesurgery_ros import rosutil
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
+from telesurgery_ros.core.input_sources import JoyMap, XBOX_AXES, XBOX_BUTTONS
 
 TOPICS = {role: contract.console_topic(name) for role, name in contract.arm_topics().items()}
 HOME = np.array(contract.HOME_POSITION)
@@ -227,6 +228,64 @@ def test_anchors_to_the_arm_holds_on_hold_and_clutch_resumes_without_jumps(launc
     assert proc.stop() == 0
     wait_for(lambda: distance_from(probe, topic, arm) < 1e-9, 10.0,
              what='a last command holding the arm at its measured pose')
+
+
+def test_joy_input_moves_the_hand_at_the_axis_speed_and_a_silent_joy_stops_it(launcher,
+                                                                              probe):
+    """input:=joy: a stick held for 1 s moves the tool scale * speed * 1 s; then silence."""
+    arm = np.array(contract.HOME_POSITION)
+    measured = probe.create_publisher(PoseStamped, TOPICS['measured_cp'], rosutil.STREAM_QOS)
+    safety = probe.create_publisher(String, contract.SAFETY_STATE_TOPIC, rosutil.SAFETY_QOS)
+    joy = probe.create_publisher(Joy, contract.JOY_TOPIC, 10)
+    stick = {'axes': None}
+
+    def feedback():
+        stamp = probe.get_clock().now().to_msg()
+        measured.publish(rosutil.make_pose_stamped(arm, contract.HOME_ORIENTATION, 'psm1_rcm',
+                                                   stamp))
+        safety.publish(String(data=SafetyStatus(SafetyState.NOMINAL, 'test').encode()))
+        if stick['axes'] is not None:       # joy_node's autorepeat: 20 Hz
+            joy.publish(Joy(axes=stick['axes'], buttons=[0] * len(XBOX_BUTTONS)))
+
+    probe.create_timer(0.05, feedback)
+    start_console(launcher, probe, input='joy')
+    wait_for(lambda: (teleop_values(probe) or {}).get('arm_heard') == 'True', 20.0,
+             what='the console hearing the arm')
+    values = teleop_values(probe)
+    scale, speed = float(values['scale']), JoyMap().linear_speed
+    assert values['input'] == 'joy' and values['joy_live'] == 'False'
+    before = positions(probe.messages(TOPICS['servo_cp'])[-1:])[0]
+    forward = [0.0] * len(XBOX_AXES)
+    forward[XBOX_AXES.index('left_stick_y')] = 1.0       # stick up: forward, +x
+    stick['axes'] = forward
+    held = time.monotonic()
+    time.sleep(1.0)
+    stick['axes'] = [0.0] * len(XBOX_AXES)
+    held = time.monotonic() - held
+    time.sleep(0.5)                                      # the tremor filter settles
+    moved = positions(probe.messages(TOPICS['servo_cp'])[-1:])[0] - before
+    expected = scale * speed * held
+    print(f'\njoy: stick held {held:.2f} s at scale {scale:g}: moved {moved * 1000} mm, '
+          f'expected {expected * 1000:.1f} mm along x (+-20 % + 1 mm)')
+    assert abs(moved[0] - expected) <= 0.2 * expected + 0.001
+    assert np.abs(moved[1:]).max() < 1e-4
+    assert teleop_values(probe)['joy_live'] == 'True'
+    # The Joy source dies with the stick pushed left: the hand stops within joy.timeout.
+    left = [0.0] * len(XBOX_AXES)
+    left[XBOX_AXES.index('left_stick_x')] = 1.0
+    stick['axes'] = left
+    time.sleep(0.3)
+    stick['axes'] = None
+    time.sleep(JoyMap().timeout + 0.5)
+    stopped = positions(probe.messages(TOPICS['servo_cp'])[-1:])[0]
+    time.sleep(0.5)
+    still = positions(probe.messages(TOPICS['servo_cp'])[-1:])[0]
+    print(f'joy silent: moved {(stopped - before - moved) * 1000} mm left, then '
+          f'{(still - stopped) * 1000} mm')
+    assert stopped[1] - before[1] <= scale * speed * (0.3 + 0.2 + JoyMap().timeout)
+    assert np.abs(still - stopped).max() < 1e-5          # the tremor filter settling
+    wait_for(lambda: teleop_values(probe)['joy_live'] == 'False', 5.0, what='joy_live false')
+    assert 'console/joy silent for 0.5 s: the hand stops' in launcher.procs[-1].output()
 
 
 def run_to_exit(launcher, params, timeout=40.0):

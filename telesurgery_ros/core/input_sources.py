@@ -1,5 +1,5 @@
 """
-Surgeon input sources: scripted trajectories, CSV replay and a keyboard key map.
+Surgeon input sources: scripted trajectories, CSV replay, a keyboard key map and a gamepad.
 
 Every source answers :meth:`sample` with an :class:`InputSample` (hand pose in input space,
 metres and an x, y, z, w quaternion; jaw angle in rad; clutch) for a time ``t`` in seconds
@@ -304,3 +304,119 @@ class KeyboardInput:
 
     def sample(self, t=None):
         return InputSample(self.position.copy(), self.orientation.copy(), self.jaw, self.clutch)
+
+
+# --- gamepad (sensor_msgs/Joy) ----------------------------------------------------------
+
+# The layout joy_node (ros-drivers/joystick_drivers ``joy``, SDL joystick API) publishes for
+# an Xbox 360 / One wired controller under Linux (xpad driver): 8 axes, 11 buttons. joy_node
+# negates SDL's axes so that stick up and stick left are +1 (forward and left, REP 103).
+# The viewer's keys publish the same layout, so one mapping serves both.
+XBOX_AXES = ('left_stick_x', 'left_stick_y', 'left_trigger', 'right_stick_x',
+             'right_stick_y', 'right_trigger', 'dpad_x', 'dpad_y')
+XBOX_BUTTONS = ('a', 'b', 'x', 'y', 'lb', 'rb', 'back', 'start', 'guide', 'left_stick',
+                'right_stick')
+
+
+def xbox_axis(name):
+    return XBOX_AXES.index(name)
+
+
+def xbox_button(name):
+    return XBOX_BUTTONS.index(name)
+
+
+@dataclass(frozen=True)
+class JoyMap:
+    """
+    Which Joy axes and buttons drive the hand, and how fast; -1 leaves one unused.
+
+    Axes are velocities: full deflection (+-1) moves the hand at ``linear_speed`` along the
+    RCM frame's x (forward), y (left) and z (up) axes, and rolls it at ``angular_speed`` about
+    z (the instrument shaft at home). Held buttons: ``clutch`` engages the clutch, ``jaw_open``
+    and ``jaw_close`` move the jaw at ``jaw_speed``. With no Joy message for ``timeout`` the
+    hand stops and the clutch is released (a Joy source that died never keeps the hand moving).
+    Defaults: the Xbox layout of joy_node (left stick x/y, right stick up/down = z, right
+    stick left/right = roll, A = clutch, RB/LB = jaw open/close).
+    """
+
+    axis_x: int = xbox_axis('left_stick_y')
+    axis_y: int = xbox_axis('left_stick_x')
+    axis_z: int = xbox_axis('right_stick_y')
+    axis_roll: int = xbox_axis('right_stick_x')
+    button_clutch: int = xbox_button('a')
+    button_jaw_open: int = xbox_button('rb')
+    button_jaw_close: int = xbox_button('lb')
+    linear_speed: float = 0.1      # m/s of the hand at full deflection (before scaling)
+    angular_speed: float = 1.0     # rad/s
+    jaw_speed: float = 1.0         # rad/s
+    timeout: float = 0.5           # s
+
+
+def _component(values, index):
+    """Joy value at ``index`` (0 when unused, missing or not finite), clamped to [-1, 1]."""
+    if index < 0 or index >= len(values):
+        return 0.0
+    value = float(values[index])
+    return min(max(value, -1.0), 1.0) if math.isfinite(value) else 0.0
+
+
+class JoyInput:
+    """
+    Integrates sensor_msgs/Joy axes (velocities) and buttons into a hand pose.
+
+    :meth:`on_joy` takes each message with its receive time and :meth:`sample` integrates up
+    to ``t`` (both on the source's clock, seconds). Pure logic: the node feeds it.
+    """
+
+    def __init__(self, mapping=None):
+        self.mapping = mapping or JoyMap()
+        self.position = np.zeros(3)
+        self.orientation = IDENTITY.copy()
+        self.jaw = 0.0
+        self.axes = ()
+        self.buttons = ()
+        self.received = None       # source time of the newest message
+        self.messages = 0
+        self._t = None
+
+    def on_joy(self, axes, buttons, t):
+        """Take one Joy message (its ``axes`` and ``buttons``) received at time ``t``."""
+        self.axes = tuple(axes)
+        self.buttons = tuple(buttons)
+        self.received = float(t)
+        self.messages += 1
+
+    def fresh(self, t):
+        """Whether a Joy message arrived within ``mapping.timeout`` before ``t``."""
+        return self.received is not None and t - self.received <= self.mapping.timeout
+
+    def _button(self, index):
+        return index >= 0 and index < len(self.buttons) and bool(self.buttons[index])
+
+    def velocity(self, t):
+        """Return (linear velocity[3] m/s, roll rate rad/s, jaw rate rad/s) at ``t``."""
+        m = self.mapping
+        if not self.fresh(t):
+            return np.zeros(3), 0.0, 0.0
+        linear = m.linear_speed * np.array([_component(self.axes, m.axis_x),
+                                            _component(self.axes, m.axis_y),
+                                            _component(self.axes, m.axis_z)])
+        roll = m.angular_speed * _component(self.axes, m.axis_roll)
+        jaw = m.jaw_speed * (float(self._button(m.button_jaw_open))
+                             - float(self._button(m.button_jaw_close)))
+        return linear, roll, jaw
+
+    def sample(self, t):
+        t = float(t)
+        dt = 0.0 if self._t is None else max(0.0, t - self._t)
+        self._t = t
+        linear, roll, jaw_rate = self.velocity(t)
+        if dt > 0.0:
+            self.position = self.position + linear * dt
+            if roll:
+                self.orientation = quat_normalize(quat_multiply(
+                    quat_from_rotvec([0.0, 0.0, roll * dt]), self.orientation))
+            self.jaw = min(max(self.jaw + jaw_rate * dt, JAW_LIMITS[0]), JAW_LIMITS[1])
+        clutch = self.fresh(t) and self._button(self.mapping.button_clutch)
+        return InputSample(self.position.copy(), self.orientation.copy(), self.jaw, clutch)

@@ -15,23 +15,26 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import String
 
 from telesurgery_ros import resources, terminal
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.command_check import CommandLimits
 from telesurgery_ros.core.input_sources import (
-    KEY_HELP, KeyboardInput, load_replay, ReplayInput, SHAPES, TrajectoryInput)
+    JoyInput, JoyMap, KEY_HELP, KeyboardInput, load_replay, ReplayInput, SHAPES,
+    TrajectoryInput)
 from telesurgery_ros.core.params import ConfigError, Param
 from telesurgery_ros.core.rtt import FeedbackMonitor, RttMonitor, status_line
 from telesurgery_ros.core.teleop import FilterConfig, PoseFilter, Teleop
 from telesurgery_ros.rosutil import (
     declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS,
-    make_pose_stamped, pose_to_arrays, run_node, SAFETY_QOS, stamp_to_sec, STREAM_QOS)
+    LATEST_QOS, make_pose_stamped, pose_to_arrays, run_node, SAFETY_QOS, stamp_to_sec,
+    STREAM_QOS)
 
-INPUTS = ('trajectory', 'replay', 'keyboard')
-HAND_INPUTS = ('keyboard',)
+INPUTS = ('trajectory', 'replay', 'keyboard', 'joy')
+HAND_INPUTS = ('keyboard', 'joy')
+_JOY = JoyMap()
 DEFAULT_SCALE = {'hand': 0.2, 'scripted': 1.0}
 TERMINAL_REFRESH = 0.25    # s, live status line on a terminal
 
@@ -72,6 +75,24 @@ PARAMETERS = (
           low=0.0001, high=0.05),
     Param('keyboard.angle_step', 0.05, 'rotation per key press', 'rad', low=0.001, high=0.5),
     Param('keyboard.jaw_step', 0.1, 'jaw opening per key press', 'rad', low=0.01, high=0.5),
+    *(Param(f'joy.{name}', getattr(_JOY, name), f'input joy: Joy {kind} index for {what} '
+            '(-1: unused)', low=-1, high=63)
+      for name, kind, what in (
+          ('axis_x', 'axis', 'hand motion along x (forward)'),
+          ('axis_y', 'axis', 'hand motion along y (left)'),
+          ('axis_z', 'axis', 'hand motion along z (up)'),
+          ('axis_roll', 'axis', 'hand roll about z (the shaft at home)'),
+          ('button_clutch', 'button', 'the clutch (held)'),
+          ('button_jaw_open', 'button', 'opening the jaw (held)'),
+          ('button_jaw_close', 'button', 'closing the jaw (held)'))),
+    Param('joy.linear_speed', _JOY.linear_speed, 'input joy: hand speed at full axis '
+          'deflection (before scaling)', 'm/s', low=0.001, high=1.0),
+    Param('joy.angular_speed', _JOY.angular_speed, 'input joy: roll rate at full deflection',
+          'rad/s', low=0.01, high=10.0),
+    Param('joy.jaw_speed', _JOY.jaw_speed, 'input joy: jaw rate while a jaw button is held',
+          'rad/s', low=0.01, high=10.0),
+    Param('joy.timeout', _JOY.timeout, 'input joy: no console/joy message for this long stops '
+          'the hand and releases the clutch', 's', low=0.05, high=10.0),
     Param('jaw_rate', 2.0, 'fastest jaw motion commanded (also the catch-up after a clutch)',
           'rad/s', low=0.1, high=20.0),
     Param('feedback_timeout', 0.25, 'in HOLD/ESTOP, pause the commands while the newest '
@@ -141,6 +162,11 @@ class MasterConsole(Node):
                                  STREAM_QOS)
         self.create_subscription(String, contract.SAFETY_STATE_TOPIC, self._on_safety,
                                  SAFETY_QOS)
+        self.joy_stale = True
+        if isinstance(self.source, JoyInput):
+            # joy_node publishes reliable, the viewer too: a best-effort depth-1 reader matches
+            # both and only ever sees the newest state.
+            self.create_subscription(Joy, contract.JOY_TOPIC, self._on_joy, LATEST_QOS)
 
         self.last_stamp_ns = 0
         self.start_ns = self.get_clock().now().nanoseconds
@@ -170,12 +196,18 @@ class MasterConsole(Node):
         if cfg.input == 'replay':
             path = cfg.replay.file or resources.data_path('config', 'sample_replay.csv')
             return ReplayInput(load_replay(path), loop=cfg.replay.loop)
+        if cfg.input == 'joy':
+            return JoyInput(self._joy_map(cfg))
         if not terminal.stdin_is_tty():
             raise ConfigError([
                 "parameter 'input': 'keyboard' needs an interactive terminal on stdin, and "
                 'stdin is not a TTY (use input:=trajectory or input:=replay)'])
         self.keys = terminal.KeyReader()
         return KeyboardInput(cfg.keyboard.step, cfg.keyboard.angle_step, cfg.keyboard.jaw_step)
+
+    @staticmethod
+    def _joy_map(cfg):
+        return JoyMap(**vars(cfg.joy))
 
     def _on_change(self, config, names):
         if 'scale' in names:
@@ -187,6 +219,8 @@ class MasterConsole(Node):
             self.source.step = config.keyboard.step
             self.source.angle_step = config.keyboard.angle_step
             self.source.jaw_step = config.keyboard.jaw_step
+        if isinstance(self.source, JoyInput):
+            self.source.mapping = self._joy_map(config)
 
     # --- the command stream ------------------------------------------------------------
 
@@ -209,8 +243,9 @@ class MasterConsole(Node):
         if self.arm_heard_ns is None and self.teleop.measured_position is not None:
             self.arm_heard_ns = stamp_ns
             self.get_logger().info('arm heard from: the motion starts at its measured pose')
-        sample = self.source.sample(
-            0.0 if self.arm_heard_ns is None else (stamp_ns - self.arm_heard_ns) * 1e-9)
+        sample = self.source.sample(self._source_time(stamp_ns))
+        if isinstance(self.source, JoyInput):
+            self._watch_joy(stamp_ns)
         position, orientation = self.filter(sample.position, sample.orientation)
         self.teleop.set_clutch(self.config.clutch or sample.clutch)
         allowed = self.safety is None or self.safety.state.allows_motion
@@ -225,6 +260,26 @@ class MasterConsole(Node):
                 if self.paused else 'commands resumed at the measured pose of the arm')
         if command is not None:
             self._publish(command, stamp_ns)
+
+    def _source_time(self, now_ns):
+        """Return the input source's clock: s since the arm was first heard from (0 before)."""
+        return 0.0 if self.arm_heard_ns is None else (now_ns - self.arm_heard_ns) * 1e-9
+
+    def _on_joy(self, msg):
+        self.source.on_joy(msg.axes, msg.buttons,
+                           self._source_time(self.get_clock().now().nanoseconds))
+
+    def _watch_joy(self, stamp_ns):
+        stale = not self.source.fresh(self._source_time(stamp_ns))
+        if stale != self.joy_stale:
+            self.joy_stale = stale
+            if stale:
+                self.get_logger().info(
+                    f'{contract.JOY_TOPIC} silent for {self.config.joy.timeout:g} s: the hand '
+                    'stops (clutch released)' if self.source.messages else
+                    f'waiting for {contract.JOY_TOPIC} (the viewer keys or a joy_node)')
+            else:
+                self.get_logger().info(f'{contract.JOY_TOPIC}: hand input live')
 
     def _publish(self, command, stamp_ns):
         stamp = _time_msg(stamp_ns)
@@ -327,6 +382,9 @@ class MasterConsole(Node):
             'arm_heard': self.arm_heard_ns is not None, 'paused': self.paused,
             'input': self.config.input,
         }
+        if isinstance(self.source, JoyInput):
+            values['joy_messages'] = self.source.messages
+            values['joy_live'] = not self.joy_stale
         status = diagnostic_status(f'{self.get_name()}: teleop', self.config.arm, level,
                                    message, values)
         self.diag_pub.publish(diagnostic_array(self, [status]))
