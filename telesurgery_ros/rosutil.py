@@ -5,6 +5,7 @@ Nothing algorithmic lives here; the algorithms are in :mod:`telesurgery_ros.core
 """
 import signal
 import sys
+import time
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -20,6 +21,7 @@ from rclpy.qos import (
     DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from rclpy.signals import SignalHandlerOptions
 
+from telesurgery_ros import transport
 from telesurgery_ros.core.params import check_table, ConfigError, to_namespace, validate_values
 
 # Command and feedback streams: latest wins, no retransmission of stale samples.
@@ -192,6 +194,49 @@ def _fmt(value):
     return f'{value:.6g}' if isinstance(value, float) else str(value)
 
 
+# --- logging -------------------------------------------------------------------------------
+
+class LogThrottle:
+    """
+    At most one log line per ``period`` seconds per key, with the count of those skipped.
+
+    rclpy's ``throttle_duration_sec`` inspects the caller's frame (file name, line) on every
+    call, logged or not: at 500 Hz that was 8-12 % of the slave's and the watchdog's CPU in
+    the profiles. This decides first, with one clock read, and only then logs.
+    """
+
+    def __init__(self, period=1.0, clock=time.monotonic):
+        self.period = period
+        self.clock = clock
+        self._last = {}
+        self._skipped = {}
+
+    def ready(self, key):
+        """Return None to skip, else the number of lines skipped since the last one."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._skipped.pop(key, 0)
+
+    def log(self, log_function, key, text):
+        """Call ``log_function(text)`` unless throttled; mention the lines skipped."""
+        skipped = self.ready(key)
+        if skipped is None:
+            return False
+        log_function(text if not skipped else f'{text} (+{skipped} similar)')
+        return True
+
+
+def gid_bytes(gid):
+    """Return a publisher gid as bytes (from MessageInfo or TopicEndpointInfo)."""
+    if isinstance(gid, dict):
+        gid = gid.get('data', b'')
+    return bytes(gid)
+
+
 # --- main ----------------------------------------------------------------------------------
 
 _stop_requested = []
@@ -214,6 +259,8 @@ def run_node(node_class, args=None, executor='events'):
     process exits with code 2, never with a traceback. A node may define ``on_shutdown()``
     (e.g. command a hold); it runs before the node is destroyed.
     """
+    # UDP only, before the participant exists (telesurgery_ros/transport.py says why).
+    transport_text, transport_warning = transport.configure()
     # rclpy's own SIGINT/SIGTERM handler shuts the context down at once, so on_shutdown()
     # could publish nothing (no final hold). Our handler only asks the spin loop to stop.
     # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
@@ -225,6 +272,9 @@ def run_node(node_class, args=None, executor='events'):
     code = 0
     try:
         node = node_class()
+        node.get_logger().info(transport_text)
+        if transport_warning:
+            node.get_logger().warning(transport_warning)
         if executor == 'events':
             from rclpy.experimental import EventsExecutor
             exe = EventsExecutor()
