@@ -3,6 +3,7 @@ ROS 2 plumbing shared by the node adapters: QoS, parameters, conversions, ``main
 
 Nothing algorithmic lives here; the algorithms are in :mod:`telesurgery_ros.core`.
 """
+import inspect
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from rclpy.qos import (
 from rclpy.signals import SignalHandlerOptions
 
 from telesurgery_ros import transport
+from telesurgery_ros.core.command_source import ACCEPT, CommandSource, node_name, UNKNOWN
 from telesurgery_ros.core.params import check_table, ConfigError, to_namespace, validate_values
 
 # Command and feedback streams: latest wins, no retransmission of stale samples.
@@ -235,6 +237,72 @@ def gid_bytes(gid):
     if isinstance(gid, dict):
         gid = gid.get('data', b'')
     return bytes(gid)
+
+
+class with_message_info:  # noqa: N801 - used like a function decorator
+    """
+    Wrap ``fn(msg, info)`` as a subscription callback that receives the MessageInfo.
+
+    rclpy 9.1.2's EventsExecutor calls a callback that asks for MessageInfo with one
+    argument, the ``(msg, info)`` tuple, where the other executors pass two (checked: a plain
+    two-argument function fails there with ``SystemError: null argument to internal
+    routine``). The signature below makes rclpy ask for the info; the call takes either form.
+    """
+
+    _SIGNATURE = inspect.Signature([
+        inspect.Parameter('msg', inspect.Parameter.POSITIONAL_ONLY),
+        inspect.Parameter('info', inspect.Parameter.POSITIONAL_ONLY)])
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__signature__ = self._SIGNATURE
+
+    def __call__(self, *args):
+        if len(args) == 1:
+            args = args[0]
+        return self.fn(*args)
+
+
+class SourceGate:
+    """
+    The :class:`~telesurgery_ros.core.command_source.CommandSource` of one subscription.
+
+    ``check(info)`` judges a message by ``info['publisher_gid']`` (a subscription callback
+    that takes ``(msg, info)``); an unknown publisher makes it read the graph again (at most
+    ``refresh_period`` apart), and :meth:`refresh` (call it from a slow timer) notices a
+    pinned publisher that has gone.
+    """
+
+    def __init__(self, node, subscription, label, refresh_period=0.1, clock=time.monotonic):
+        self.node = node
+        self.topic = subscription.topic_name          # fully qualified, for the graph
+        self.source = CommandSource(label)
+        self.clock = clock
+        self.refresh_period = refresh_period
+        self._refreshed = -1e9
+        self.refresh()
+
+    def refresh(self):
+        """Read the publishers of the topic; return the name of a pinned one that has gone."""
+        self._refreshed = self.clock()
+        infos = self.node.get_publishers_info_by_topic(self.topic)
+        return self.source.update_graph({gid_bytes(i.endpoint_gid): node_name(
+            i.node_namespace, i.node_name) for i in infos})
+
+    def check(self, info):
+        """Return the verdict (core.command_source ACCEPT, SECOND, SEVERAL) of one message."""
+        gid = gid_bytes(info['publisher_gid'])
+        now = self.clock()
+        verdict = self.source.accept(gid, now)
+        if verdict == UNKNOWN:
+            if now - self._refreshed >= self.refresh_period:
+                self.refresh()
+                verdict = self.source.accept(gid, now)
+            if verdict == UNKNOWN:
+                verdict = self.source.refuse_unknown(gid, now)
+        elif verdict != ACCEPT and now - self._refreshed >= 10 * self.refresh_period:
+            self.refresh()          # keep the intruder's name current
+        return verdict
 
 
 # --- main ----------------------------------------------------------------------------------
