@@ -5,7 +5,11 @@ For each configured topic pair the relay discovers the publisher's message type 
 the graph, subscribes with ``raw=True`` and republishes the serialized bytes unchanged after
 the impairments of its direction (``forward``: console -> patient, ``backward``: patient ->
 console; see :mod:`telesurgery_ros.core.netem`). Messages leave at their scheduled time from
-a dedicated release thread (:mod:`telesurgery_ros.core.scheduler`).
+a dedicated release thread (:mod:`telesurgery_ros.core.scheduler`), under ``SCHED_FIFO`` at
+``realtime_priority`` where the system permits it (one warning and normal scheduling where
+not). A path keeps the order of each topic unless its profile reorders explicitly
+(``reorder``, ``preserve_order: false``); ``reordered`` on network/stats counts the messages
+a receiver got after a later one of the same topic.
 
 Parameters: ``profile`` (a name in ``config/network_profiles.yaml``), ``overrides``
 (``'forward.delay=0.05; both.loss.p=0.01'``), ``seed``, ``blackout`` and ``stats_rate`` can
@@ -69,6 +73,11 @@ PARAMETERS = (
           'messages', low=1, high=10000, read_only=True),
     Param('discovery_period', 0.5, 'how often to look for the publishers not found yet', 's',
           low=0.05, high=10.0, read_only=True),
+    Param('realtime_priority', 45,
+          'SCHED_FIFO priority of the release thread, used where the system permits it (root '
+          'or CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling; '
+          "below the slave's control loop (50) on a shared machine", low=0, high=98,
+          read_only=True),
 )
 
 
@@ -137,6 +146,7 @@ class Pair:
     publisher: object = None
     announced: bool = False
     extra: dict = field(default_factory=dict)
+    seq: object = field(default_factory=itertools.count)     # input index, per topic
 
 
 class NetworkRelay(Node):
@@ -153,7 +163,6 @@ class NetworkRelay(Node):
                                          cross_check=self._cross_check)
         cfg = self.config
         self._stats = {d: LinkStats(cfg.stats_window) for d in DIRECTIONS}
-        self._seq = {d: itertools.count() for d in DIRECTIONS}
         self._apply_profile(cfg, reason='start')
         self.pairs = []
         for direction in DIRECTIONS:
@@ -161,7 +170,15 @@ class NetworkRelay(Node):
             given = parse_pairs(text, f'{direction}_topics')
             for src, dst in given or default_pairs(cfg.arm, direction):
                 self.pairs.append(Pair(direction, src, dst))
-        self._scheduler = ReleaseScheduler(self._publish, on_error=self._publish_failed).start()
+        self._scheduler = ReleaseScheduler(self._publish, on_error=self._publish_failed,
+                                           priority=cfg.realtime_priority).start()
+        schedule = self._scheduler.schedule
+        if cfg.realtime_priority > 0 and not schedule.realtime:
+            self.get_logger().warning(
+                f'realtime_priority {cfg.realtime_priority} refused ({schedule.refused}): the '
+                'release thread runs with normal scheduling')
+        else:
+            self.get_logger().info(f'release thread: {schedule.describe()}')
         self._stats_pub = self.create_publisher(DiagnosticArray, NETWORK_STATS_TOPIC,
                                                 DIAGNOSTICS_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC,
@@ -286,14 +303,14 @@ class NetworkRelay(Node):
         direction = pair.direction
         fate = self._links[direction].process(now, len(data))
         self._stats[direction].arrived(fate)
-        seq = next(self._seq[direction])
+        seq = next(pair.seq)
         for release in fate.releases:
             self._scheduler.submit(release, (pair, data, now, seq), key=direction)
 
     def _publish(self, item):
         pair, data, arrival, seq = item
         pair.publisher.publish(data)
-        self._stats[pair.direction].released(seq, time.monotonic() - arrival)
+        self._stats[pair.direction].released(seq, time.monotonic() - arrival, pair.source)
 
     def _publish_failed(self, exc):
         self.get_logger().error(f'publish failed: {exc}', throttle_duration_sec=5.0)
@@ -313,6 +330,8 @@ class NetworkRelay(Node):
             values['bottleneck_depth'] = link.queue_depth(now)
             values['configured_delay_ms'] = link.base_delay(now) * 1e3
             values['profile'] = self._resolved.name
+            values['preserve_order'] = link.config.preserve_order
+            values['scheduling'] = self._scheduler.schedule.describe()
             values['blackout'] = link.blackout
             values['outage'] = outage
             values['topics'] = ', '.join(
