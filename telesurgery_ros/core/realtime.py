@@ -11,6 +11,7 @@ describes what is in force, for ``/diagnostics``.
 late the missed deadlines are skipped and counted, and the caller catches up on its own
 (the slave steps the physics as often as the elapsed time asks).
 """
+import ctypes
 from dataclasses import dataclass
 import os
 import threading
@@ -40,6 +41,15 @@ class Schedule:
         if self.refused:
             return f'SCHED_OTHER (SCHED_FIFO {self.requested} refused: {self.refused})'
         return 'SCHED_OTHER (realtime_priority 0)'
+
+
+def name_thread(name):
+    """Give the calling thread its OS name (``top -H``, ``/proc/<pid>/task``); best effort."""
+    try:
+        libc = ctypes.CDLL('libc.so.6', use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)      # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def make_realtime(priority):
@@ -142,6 +152,7 @@ class PeriodicThread:
         return self._thread.is_alive()
 
     def _run(self):
+        name_thread(self.name)
         self.schedule = make_realtime(self._priority)
         self.clock = DeadlineClock(self.period, self._clock)
         self._ready.set()

@@ -23,7 +23,7 @@ import itertools
 import threading
 import time
 
-from telesurgery_ros.core.realtime import make_realtime
+from telesurgery_ros.core.realtime import make_realtime, name_thread
 
 
 class ReleaseScheduler:
@@ -107,6 +107,7 @@ class ReleaseScheduler:
                 self._on_error(exc)
 
     def _run(self, ready):
+        name_thread('relay-release')
         self.schedule = make_realtime(self._priority)
         ready.set()
         cond = self._cond

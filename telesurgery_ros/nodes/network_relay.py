@@ -71,7 +71,8 @@ PARAMETERS = (
           choices=('auto', 'volatile', 'transient_local'), read_only=True),
     Param('qos.depth', 100, 'queue depth of the relay subscriptions and publishers',
           'messages', low=1, high=10000, read_only=True),
-    Param('discovery_period', 0.5, 'how often to look for the publishers not found yet', 's',
+    Param('discovery_period', 0.5, 'how often to look for the publishers not found yet and '
+          'whether each target has subscribers (a pair is relayed only while it has)', 's',
           low=0.05, high=10.0, read_only=True),
     Param('realtime_priority', 45,
           'SCHED_FIFO priority of the release thread, used where the system permits it (root '
@@ -260,15 +261,14 @@ class NetworkRelay(Node):
 
     def _discover(self):
         cfg = self.config
-        waiting = 0
         for pair in self.pairs:
-            if pair.subscription is not None:
+            if pair.publisher is not None:
+                self._follow_demand(pair)
                 continue
             infos = [i for i in self.get_publishers_info_by_topic(pair.source)
                      if not (i.node_name == self.get_name()
                              and i.node_namespace == self.get_namespace())]
             if not infos:
-                waiting += 1
                 if not pair.announced:
                     pair.announced = True
                     self.get_logger().info(f'waiting for a publisher on {pair.source}')
@@ -277,7 +277,6 @@ class NetworkRelay(Node):
             try:
                 msg_type = import_message(type_name)
             except (ImportError, AttributeError) as exc:
-                waiting += 1
                 if pair.extra.get('bad_type') != type_name:
                     pair.extra['bad_type'] = type_name
                     self.get_logger().error(
@@ -286,15 +285,29 @@ class NetworkRelay(Node):
                 continue
             qos = matched_qos(infos, cfg.qos.reliability, cfg.qos.durability, cfg.qos.depth)
             pair.type_name = type_name
+            pair.extra.update(msg_type=msg_type, qos=qos, idle=0)
             pair.publisher = self.create_publisher(msg_type, pair.target, qos)
-            pair.subscription = self.create_subscription(
-                msg_type, pair.source, lambda data, p=pair: self._on_message(p, data), qos,
-                raw=True)
             self.get_logger().info(
                 f'relaying {pair.direction} {pair.source} -> {pair.target} ({type_name}, '
-                f'{qos.reliability.name.lower()}, {qos.durability.name.lower()})')
-        if waiting == 0 and self._discovery_timer is not None:
-            self._discovery_timer.cancel()
+                f'{qos.reliability.name.lower()}, {qos.durability.name.lower()}) while '
+                f'{pair.target} has subscribers')
+            self._follow_demand(pair)
+
+    def _follow_demand(self, pair):
+        """Take the source only while the target has a subscriber: no callback for nobody."""
+        wanted = pair.publisher.get_subscription_count() > 0
+        if wanted and pair.subscription is None:
+            pair.subscription = self.create_subscription(
+                pair.extra['msg_type'], pair.source,
+                lambda data, p=pair: self._on_message(p, data), pair.extra['qos'], raw=True)
+        elif not wanted and pair.subscription is not None:
+            pair.extra['idle'] += 1
+            if pair.extra['idle'] >= 2:                 # a whole discovery period without one
+                self.destroy_subscription(pair.subscription)
+                pair.subscription = None
+                pair.extra['idle'] = 0
+        else:
+            pair.extra['idle'] = 0
 
     # --- the data path --------------------------------------------------------------------
 
@@ -335,7 +348,9 @@ class NetworkRelay(Node):
             values['blackout'] = link.blackout
             values['outage'] = outage
             values['topics'] = ', '.join(
-                f'{p.source}>{p.target}' + ('' if p.subscription else ' (waiting)')
+                f'{p.source}>{p.target}' + (
+                    '' if p.subscription else ' (no subscriber)' if p.publisher else
+                    ' (waiting)')
                 for p in self.pairs if p.direction == direction)
             if link.blackout:
                 level, message = 'WARN', 'blackout'

@@ -31,7 +31,7 @@ from telesurgery_ros.core import cdr, contract
 from telesurgery_ros.core.command_check import CommandLimits
 from telesurgery_ros.core.command_source import ACCEPT
 from telesurgery_ros.core.params import Param
-from telesurgery_ros.core.realtime import make_realtime
+from telesurgery_ros.core.realtime import make_realtime, name_thread
 from telesurgery_ros.core.safety import SafetyConfig, SafetySupervisor
 from telesurgery_ros.rosutil import (
     declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS, LogThrottle,
@@ -281,14 +281,18 @@ class SafetyWatchdog(Node):
     def _after_observation(self):
         """With the lock held: evaluate now if needed, re-arm the thread if needed."""
         sup = self.supervisor
-        if sup.dirty:
-            self._announce(sup.evaluate())
+        if not sup.dirty:
+            # Nothing changed but timestamps moving later: the armed deadline still holds
+            # (the thread recomputes when it wakes).
+            return
+        self._announce(sup.evaluate())
         deadline = sup.next_deadline()
         if deadline is not None and (self._armed is None or deadline < self._armed):
             self._wake.notify()
 
     def _supervise(self, ready):
         """Run the supervision thread: sleep until the next deadline, evaluate, repeat."""
+        name_thread('watchdog-deadln')
         self.schedule = make_realtime(self.config.realtime_priority)
         ready.set()
         sup = self.supervisor
