@@ -109,6 +109,7 @@ class RunMetrics:
         self.state_series = Series()
         self.transitions = []
         self.dropped = {}
+        self.reordered = {}
         self.relay_delay = {}
         self.counts = {}
         self.ready_at = None                 # s after start, once the stack is up
@@ -180,6 +181,10 @@ class RunMetrics:
                         pass
             self.dropped[direction] = dropped
             try:
+                self.reordered[direction] = int(float(values.get('reordered', 0)))
+            except ValueError:
+                pass
+            try:
                 self.relay_delay[direction] = float(values.get('delay_p50_ms', 'nan'))
             except ValueError:
                 pass
@@ -199,6 +204,9 @@ class RunMetrics:
                        'samples': rtt['count']},
             'tracking_error': self.tracking(),
             'messages_dropped': dict(self.dropped, total=sum(self.dropped.values())),
+            # network/stats 'reordered' of the forward direction: commands the arm received
+            # after a later one (0 on every FIFO profile).
+            'commands_out_of_order': self.reordered.get('forward'),
             'relay_delay_p50_ms': self.relay_delay,
             'safety_events': self.transitions,
             'final_state': None if self.state is None else self.state.name,
@@ -298,6 +306,9 @@ def summary_text(summary, reasons, out_dir, gui=False):
                              'NOMINAL only)'),
         'dropped        ' + ', '.join(f'{k} {v}' for k, v in
                                       summary['messages_dropped'].items()),
+        'out of order   ' + ('n/a' if summary.get('commands_out_of_order') is None else
+                             f"{summary['commands_out_of_order']} commands reached the arm "
+                             'after a later one'),
         f"safety events  {len(summary['safety_events'])}: " + (', '.join(
             f"{e['t']:.1f}s {e['to']}" + (f" ({e['reason']})" if e['reason'] else '')
             for e in summary['safety_events'][:8]) or 'none')

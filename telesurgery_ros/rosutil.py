@@ -3,8 +3,10 @@ ROS 2 plumbing shared by the node adapters: QoS, parameters, conversions, ``main
 
 Nothing algorithmic lives here; the algorithms are in :mod:`telesurgery_ros.core`.
 """
+import inspect
 import signal
 import sys
+import time
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -20,6 +22,8 @@ from rclpy.qos import (
     DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from rclpy.signals import SignalHandlerOptions
 
+from telesurgery_ros import transport
+from telesurgery_ros.core.command_source import ACCEPT, CommandSource, node_name, UNKNOWN
 from telesurgery_ros.core.params import check_table, ConfigError, to_namespace, validate_values
 
 # Command and feedback streams: latest wins, no retransmission of stale samples.
@@ -197,6 +201,115 @@ def _fmt(value):
     return f'{value:.6g}' if isinstance(value, float) else str(value)
 
 
+# --- logging -------------------------------------------------------------------------------
+
+class LogThrottle:
+    """
+    At most one log line per ``period`` seconds per key, with the count of those skipped.
+
+    rclpy's ``throttle_duration_sec`` inspects the caller's frame (file name, line) on every
+    call, logged or not: at 500 Hz that was 8-12 % of the slave's and the watchdog's CPU in
+    the profiles. This decides first, with one clock read, and only then logs.
+    """
+
+    def __init__(self, period=1.0, clock=time.monotonic):
+        self.period = period
+        self.clock = clock
+        self._last = {}
+        self._skipped = {}
+
+    def ready(self, key):
+        """Return None to skip, else the number of lines skipped since the last one."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._skipped.pop(key, 0)
+
+    def log(self, log_function, key, text):
+        """Call ``log_function(text)`` unless throttled; mention the lines skipped."""
+        skipped = self.ready(key)
+        if skipped is None:
+            return False
+        log_function(text if not skipped else f'{text} (+{skipped} similar)')
+        return True
+
+
+def gid_bytes(gid):
+    """Return a publisher gid as bytes (from MessageInfo or TopicEndpointInfo)."""
+    if isinstance(gid, dict):
+        gid = gid.get('data', b'')
+    return bytes(gid)
+
+
+class with_message_info:  # noqa: N801 - used like a function decorator
+    """
+    Wrap ``fn(msg, info)`` as a subscription callback that receives the MessageInfo.
+
+    rclpy 9.1.2's EventsExecutor calls a callback that asks for MessageInfo with one
+    argument, the ``(msg, info)`` tuple, where the other executors pass two (checked: a plain
+    two-argument function fails there with ``SystemError: null argument to internal
+    routine``). The signature below makes rclpy ask for the info; the call takes either form.
+    """
+
+    _SIGNATURE = inspect.Signature([
+        inspect.Parameter('msg', inspect.Parameter.POSITIONAL_ONLY),
+        inspect.Parameter('info', inspect.Parameter.POSITIONAL_ONLY)])
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__signature__ = self._SIGNATURE
+
+    def __call__(self, *args):
+        if len(args) == 1:
+            args = args[0]
+        return self.fn(*args)
+
+
+class SourceGate:
+    """
+    The :class:`~telesurgery_ros.core.command_source.CommandSource` of one subscription.
+
+    ``check(info)`` judges a message by ``info['publisher_gid']`` (a subscription callback
+    that takes ``(msg, info)``); an unknown publisher makes it read the graph again (at most
+    ``refresh_period`` apart), and :meth:`refresh` (call it from a slow timer) notices a
+    pinned publisher that has gone.
+    """
+
+    def __init__(self, node, subscription, label, refresh_period=0.1, clock=time.monotonic):
+        self.node = node
+        self.topic = subscription.topic_name          # fully qualified, for the graph
+        self.source = CommandSource(label)
+        self.clock = clock
+        self.refresh_period = refresh_period
+        self._refreshed = -1e9
+        self.refresh()
+
+    def refresh(self):
+        """Read the publishers of the topic; return the name of a pinned one that has gone."""
+        self._refreshed = self.clock()
+        infos = self.node.get_publishers_info_by_topic(self.topic)
+        return self.source.update_graph({gid_bytes(i.endpoint_gid): node_name(
+            i.node_namespace, i.node_name) for i in infos})
+
+    def check(self, info):
+        """Return the verdict (core.command_source ACCEPT, SECOND, SEVERAL) of one message."""
+        gid = gid_bytes(info['publisher_gid'])
+        now = self.clock()
+        verdict = self.source.accept(gid, now)
+        if verdict == UNKNOWN:
+            if now - self._refreshed >= self.refresh_period:
+                self.refresh()
+                verdict = self.source.accept(gid, now)
+            if verdict == UNKNOWN:
+                verdict = self.source.refuse_unknown(gid, now)
+        elif verdict != ACCEPT and now - self._refreshed >= 10 * self.refresh_period:
+            self.refresh()          # keep the intruder's name current
+        return verdict
+
+
 # --- main ----------------------------------------------------------------------------------
 
 _stop_requested = []
@@ -219,6 +332,8 @@ def run_node(node_class, args=None, executor='events'):
     process exits with code 2, never with a traceback. A node may define ``on_shutdown()``
     (e.g. command a hold); it runs before the node is destroyed.
     """
+    # UDP only, before the participant exists (telesurgery_ros/transport.py says why).
+    transport_text, transport_warning = transport.configure()
     # rclpy's own SIGINT/SIGTERM handler shuts the context down at once, so on_shutdown()
     # could publish nothing (no final hold). Our handler only asks the spin loop to stop.
     # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
@@ -230,6 +345,9 @@ def run_node(node_class, args=None, executor='events'):
     code = 0
     try:
         node = node_class()
+        node.get_logger().info(transport_text)
+        if transport_warning:
+            node.get_logger().warning(transport_warning)
         if executor == 'events':
             from rclpy.experimental import EventsExecutor
             exe = EventsExecutor()

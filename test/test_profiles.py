@@ -137,3 +137,28 @@ def test_summary_mentions_the_impairments(shipped):
     assert netprofiles.summary(LinkConfig()) == 'no impairment'
     text = netprofiles.summary(netprofiles.resolve(shipped, 'degraded').forward)
     assert 'delay=0.1' in text and 'loss.model=gilbert_elliott' in text
+
+
+def test_wired_and_cellular_profiles_never_reorder(shipped):
+    """Every shipped profile but the explicit stress one keeps order (FIFO jitter)."""
+    import numpy as np
+    from telesurgery_ros.core.netem import Link, make_rng
+    from telesurgery_ros.core.profiles import resolve
+    rng = np.random.default_rng(0)
+    # 500 Hz commands with a stalled timer's catch-ups: some arrive 50 us apart.
+    gaps = np.where(rng.random(20000) < 0.1, 0.00005, 0.002)
+    arrivals = np.cumsum(gaps)
+    reordering = []
+    for name in (n for n in shipped if not n.startswith('_')):
+        resolved = resolve(shipped, name, '')
+        for i, direction in enumerate(('forward', 'backward')):
+            config = resolved.link(direction)
+            link = Link(config, make_rng(0, i))
+            releases = [r for t in arrivals for r in link.process(t, 100).releases[:1]]
+            backwards = int(np.sum(np.diff(releases) < 0))
+            if backwards:
+                reordering.append(name)
+            if config.preserve_order and config.reorder == 0.0:
+                assert backwards == 0, f'{name} {direction}: {backwards} reordered'
+    print(f'profiles that reorder: {sorted(set(reordering))}')
+    assert sorted(set(reordering)) == ['degraded']

@@ -13,6 +13,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from harness import wait_for
+import numpy as np
 import pytest
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -260,3 +261,36 @@ def test_bad_parameter_is_one_line_and_exit_code_2():
     lines = [line for line in proc.stderr.splitlines() if 'configuration error' in line]
     assert lines == ["[SafetyWatchdog] configuration error: parameter 'commands.timeout' "
                      'must be 0.005 to 5.0 s, got -1.0']
+
+
+def test_hold_follows_the_last_command_by_the_timeout_over_20_trials(watchdog, probe):
+    """
+    No polling: the HOLD comes from a deadline at the last command's arrival + the timeout.
+
+    Reaction = HOLD received by the probe - last command sent by the probe (both on this
+    process's clock); it includes two DDS hops. Never before the timeout; the bound on the
+    late side is generous (a loaded 2-core machine); the figures are printed, and the target
+    (timeout + 5 ms p99) is measured by ``telesurgery-bench hold-reaction``.
+    """
+    timeout = 0.1
+    reactions = []
+    for _ in range(20):
+        wait_state(probe, 'NOMINAL')
+        time.sleep(0.05)
+        probe.clear(STATE)
+        watchdog.sending = False
+        time.sleep(0.01)
+        last = watchdog.last_sent
+        hold = wait_for(lambda: next((t for t, m in probe.timed(STATE)
+                                      if m.data.startswith('HOLD')), None), 5.0,
+                        what='HOLD after the commands stopped')
+        reactions.append(hold - last)
+        watchdog.sending = True
+    r = np.array(reactions) * 1e3
+    diag = watchdog_values(probe, 'state')
+    print(f'\nHOLD after the last command, 20 trials: min {r.min():.1f} ms, p50 '
+          f'{np.percentile(r, 50):.1f} ms, p99 {np.percentile(r, 99):.1f} ms, max '
+          f'{r.max():.1f} ms (timeout {timeout * 1e3:.0f} ms); supervision thread '
+          f"{diag.get('scheduling')}, {diag.get('evaluations')} evaluations so far")
+    assert r.min() >= timeout * 1e3 - 1.0
+    assert np.percentile(r, 99) < timeout * 1e3 + 100.0

@@ -155,6 +155,7 @@ class ArmController:
         self.safety_time = None       # when it arrived
         self.hold_reason = ''
         self.holding = False
+        self.interlock = ''           # set by the owner: hold for this reason until cleared
         self.ik_clamped = 0
         self.jaw_rejected = 0
         self._last_goal_stamp = None
@@ -214,6 +215,8 @@ class ArmController:
     def hold_cause(self, now):
         """Why the arm must hold now ('' when motion is allowed)."""
         cfg = self.config
+        if self.interlock:
+            return self.interlock
         if self.safety is None:
             return 'no_safety_state' if cfg.require_safety else ''
         if now - self.safety_time > cfg.safety_timeout:

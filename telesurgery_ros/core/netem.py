@@ -16,8 +16,10 @@ Order of the stages, per message (netem's order, with the bottleneck before the 
 4. duplication (the copy gets its own delay sample);
 5. delay: the base delay (constant or replayed from a trace) plus jitter drawn from the chosen
    distribution, correlated between consecutive messages; netem-style reordering sends some
-   messages with no delay; ``preserve_order`` holds a message until the previous delayed one
-   left, so jitter never reorders (an explicit ``reorder`` still overtakes, as asked);
+   messages with no delay; ``preserve_order`` (the default: a fibre or cellular path is a
+   FIFO, its jitter is queueing delay) holds a message until the previous delayed one left,
+   so jitter never reorders (an explicit ``reorder`` still overtakes, as asked); with
+   ``preserve_order`` false the jitter reorders, as netem does;
 6. a copy whose release time falls inside an outage is dropped too (``outage``).
 
 Jitter: ``uniform`` is netem's default, uniform in ``delay +- jitter``; for ``normal``,
@@ -132,7 +134,7 @@ class LinkConfig:
     duplicate: float = 0.0             # probability of a second copy
     reorder: float = 0.0               # probability of sending a message with no delay
     reorder_gap: int = 1               # netem gap: only after gap-1 delayed messages
-    preserve_order: bool = False       # never release before the previous message
+    preserve_order: bool = True        # never release before the previous message (FIFO)
     rate: float = 0.0                  # bit/s of the bottleneck, 0 = unlimited
     queue_limit: int = 1000            # messages waiting for the bottleneck (drop-tail)
     outage_windows: tuple = ()         # ((start, duration), ...) s from the link's start
@@ -382,7 +384,8 @@ class LinkStats:
     Counters and recent achieved delays of one direction (thread-safe, cheap to update).
 
     ``window`` bounds the recent history used for the delay percentiles and the recent loss
-    ratio.
+    ratio. ``reordered`` counts the messages released after a later one of the same stream
+    (topic): what a receiver sees out of order.
     """
 
     COUNTERS = ('messages_in', 'messages_out', 'dropped_loss', 'dropped_outage',
@@ -393,7 +396,7 @@ class LinkStats:
         self.counts = dict.fromkeys(self.COUNTERS, 0)
         self._delays = deque(maxlen=window)
         self._recent = deque(maxlen=window)       # 1 dropped, 0 accepted, per input
-        self._max_seq = -1
+        self._max_seq = {}                         # stream -> highest input index released
 
     def arrived(self, fate):
         with self._lock:
@@ -408,14 +411,14 @@ class LinkStats:
         with self._lock:
             self.counts['dropped_' + cause] += count
 
-    def released(self, seq, delay):
-        """Count one delivered message: ``seq`` its input index, ``delay`` the achieved s."""
+    def released(self, seq, delay, stream=None):
+        """Count one delivered message: ``seq`` its input index in ``stream``, ``delay`` (s)."""
         with self._lock:
             self.counts['messages_out'] += 1
-            if seq < self._max_seq:
+            if seq < self._max_seq.get(stream, -1):
                 self.counts['reordered'] += 1
             else:
-                self._max_seq = seq
+                self._max_seq[stream] = seq
             self._delays.append(delay)
 
     def snapshot(self):

@@ -61,8 +61,10 @@ FIELDS = {
                                  **_PROB)),
     'reorder_gap': ('reorder_gap', Param('reorder_gap', 1, 'netem gap: reorder only after '
                                          'gap-1 delayed messages', low=1, high=1000000)),
-    'preserve_order': ('preserve_order', Param('preserve_order', False, 'never let jitter '
-                                               'reorder messages')),
+    'preserve_order': ('preserve_order', Param('preserve_order', True, 'jitter is queueing '
+                                               'delay and never reorders (a FIFO path: '
+                                               'fibre, 5G); false: netem-style, jitter '
+                                               'reorders')),
     'rate': ('rate', Param('rate', 0.0, 'bottleneck bandwidth, 0 = unlimited', 'bit/s',
                            low=0.0)),
     'queue_limit': ('queue_limit', Param('queue_limit', 1000, 'drop-tail queue of the '

@@ -20,6 +20,15 @@ decides one :class:`~telesurgery_ros.core.contract.SafetyState`:
 Two clocks are injected: ``clock`` (monotonic-like, seconds) times the arrival of every
 message; ``stamp_clock`` (the clock message stamps are written with) is read only when the two
 sites share a clock (``shared_clock``) for stamp-age and future-stamp checks.
+
+The watchdog does not poll. An observation that can change the outcome of a check sets
+:attr:`SafetySupervisor.dirty` (an invalid command, a command or pose while holding, a force
+crossing the warning level, feedback after a gap, statistics, the slave's diagnostics, a
+second command source); every other change of outcome happens at a time known in advance
+(the last command's arrival plus the timeout, feedback ages, the alignment dwell, ...), which
+:meth:`SafetySupervisor.next_deadline` returns. Evaluating on dirty observations and at those
+deadlines gives the same transitions as evaluating continuously (test_safety.py checks it
+against a 2 kHz evaluation).
 """
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -145,6 +154,15 @@ class SafetySupervisor:
         self.hold_entries = 0
         self.estops = 0
         self.checks = []
+        # command source (one publisher per arm)
+        self.second_source = None            # (time, reason) of the last refused command
+        self.source_change = None            # [time, reason, held]: a new source; HOLD
+        #                                      until one evaluation has held with it
+        # event-driven evaluation
+        self.dirty = True                    # an observation may have changed a check
+        self.evaluations = 0
+        self.last_evaluation = -math.inf
+        self._warning_present = False
 
     @staticmethod
     def _limits(config):
@@ -163,10 +181,19 @@ class SafetySupervisor:
         stamp_now = self.stamp_clock()
         verdict = self.checker.check(stamp, position, quaternion, stamp_now)
         if verdict.ok:
+            cfg = self.config
+            previous_age = self.last_command_age
+            if (self.last_command_arrival is None or self.status.state >= HOLD
+                    or now - self.last_command_arrival > cfg.command_timeout):
+                self.dirty = True
             self.last_command_arrival = now
             self.last_command = (np.asarray(position, float), np.asarray(quaternion, float))
-            self.last_command_age = stamp_now - stamp if self.config.shared_clock else None
+            self.last_command_age = stamp_now - stamp if cfg.shared_clock else None
+            if cfg.shared_clock and self._age_level(self.last_command_age) != self._age_level(
+                    previous_age):
+                self.dirty = True
             return verdict
+        self.dirty = True
         if verdict.reason == 'stale_stamp' and self.checker.last_stamp is not None and (
                 0.0 < self.checker.last_stamp - stamp <= self.config.reorder_tolerance):
             # Reordered by the network: dropped (the slave drops it too), not a fault.
@@ -183,6 +210,12 @@ class SafetySupervisor:
         self.last_rejection = (now, verdict.reason, verdict.detail)
         return verdict
 
+    def _age_level(self, age):
+        """0, 1 (over age_warn) or 2 (over age_hold) for a command stamp age."""
+        if age is None:
+            return 0
+        return 2 if age > self.config.command_age_hold else int(age > self.config.command_age_warn)
+
     def on_jaw(self, positions):
         """Judge a jaw command (rad); invalid ones count as a command fault."""
         bad = None
@@ -194,20 +227,32 @@ class SafetySupervisor:
             bad = (f'jaw {max(positions, key=abs):.3f} rad outside '
                    f'{self.config.jaw_min:.3f} to {self.config.jaw_max:.3f} rad')
         if bad:
+            self.dirty = True
             self.jaw_rejected += 1
             self.last_jaw_rejection = (self.clock(), 'jaw', bad)
             self.last_rejection = self.last_jaw_rejection
         return bad is None
 
+    def _feedback_event(self, previous, now):
+        # Feedback changes an outcome only after a gap (or the first time), or while holding
+        # (the measured pose gates the re-alignment).
+        if (previous is None or now - previous > self.config.feedback_timeout
+                or self.status.state >= HOLD):
+            self.dirty = True
+
     def on_measured_js(self):
         """Note the arrival of the slave's joint state."""
-        self.last_js = self.clock()
+        now = self.clock()
+        self._feedback_event(self.last_js, now)
+        self.last_js = now
         self.feedback_seen = True
         self.received['measured_js'] += 1
 
     def on_measured_cp(self, position, quaternion):
         """Note the arrival of the slave's measured tool-tip pose."""
-        self.last_cp = self.clock()
+        now = self.clock()
+        self._feedback_event(self.last_cp, now)
+        self.last_cp = now
         self.feedback_seen = True
         self.received['measured_cp'] += 1
         self.measured = (np.asarray(position, float), np.asarray(quaternion, float))
@@ -216,6 +261,10 @@ class SafetySupervisor:
         """Note a measured contact force vector (N)."""
         f = np.asarray(force, float)
         magnitude = float(np.linalg.norm(f)) if np.all(np.isfinite(f)) else math.inf
+        previous = self.force
+        if magnitude > self.config.force_warn or (
+                previous is None or previous[1] > self.config.force_warn):
+            self.dirty = True
         self.force = (self.clock(), magnitude)
         if math.isfinite(magnitude):
             self.max_force = max(self.max_force, magnitude)
@@ -223,11 +272,24 @@ class SafetySupervisor:
     def on_network_stats(self, direction, p99_delay, loss):
         """Relay statistics of one direction: p99 one-way delay (s) and loss fraction."""
         self.net[direction] = (self.clock(), p99_delay, loss)
+        self.dirty = True
 
     def on_slave_diagnostics(self, level, message, values=None):
         """Note the slave's control-loop status: level 'OK', 'WARN', 'ERROR' or 'STALE'."""
         self.slave_diag = (self.clock(), level, message, dict(values or {}))
         self.slave_errors = self.slave_errors + 1 if level == 'ERROR' else 0
+        self.dirty = True
+
+    def on_second_source(self, reason):
+        """Note a command from a publisher other than the arm's command source: HOLD."""
+        self.second_source = (self.clock(), reason)
+        self.dirty = True
+
+    def on_source_change(self, reason):
+        """Note that the arm follows a new command source: HOLD, re-alignment, then motion."""
+        self.source_change = [self.clock(), reason, False]
+        self.checker.reset()
+        self.dirty = True
 
     # --- operator -----------------------------------------------------------------------------
 
@@ -311,6 +373,19 @@ class SafetySupervisor:
             if now - when < self.config.alignment_dwell:
                 c.state = HOLD
                 c.message = f'invalid command rejected ({reason}: {detail})'
+        return c
+
+    def _check_source(self, now):
+        c = Check('command source')
+        if self.source_change is not None:
+            c.values['last_change'] = self.source_change[1]
+            c.state, c.message = HOLD, self.source_change[1]
+        if self.second_source is not None:
+            when, reason = self.second_source
+            c.values['last_refused'] = reason
+            c.values['refused_age_s'] = now - when
+            if now - when <= self.config.command_timeout:
+                c.state, c.message = HOLD, reason
         return c
 
     @property
@@ -424,13 +499,32 @@ class SafetySupervisor:
 
     def evaluate(self):
         """Run every check and step the state machine; return a Transition or None."""
+        self.dirty = False
+        self.evaluations += 1
+        if self.source_change is not None and self.source_change[2] and (
+                self.status.state >= HOLD):
+            self.source_change = None       # held since the change: alignment releases
         now = self.clock()
+        self.last_evaluation = now
+        transition = self._step(now)
+        if self.source_change is not None and self.status.state >= HOLD:
+            self.source_change[2] = True
+            self.dirty = True     # the next evaluation lets re-alignment take over
+        return transition
+
+    def _step(self, now):
         cfg = self.config
         checks = [self._check_commands(now), self._check_validity(now),
-                  self._check_slave(now), self._check_force(now), self._check_network(now)]
+                  self._check_slave(now), self._check_force(now), self._check_network(now),
+                  self._check_source(now)]
         alignment = self._check_alignment(now)
         self.checks = checks + [alignment]
         worst = max(checks, key=lambda c: c.state)
+        # A warning lasts until the evaluation that finds it gone (with sparse evaluations
+        # the previous one may be long ago): the DEGRADED clear time counts from then.
+        if self._warning_present and worst.state != DEGRADED:
+            self.warn_seen = now
+        self._warning_present = worst.state == DEGRADED
         state = self.status.state
         if worst.state == ESTOP:
             if state == ESTOP:
@@ -459,6 +553,39 @@ class SafetySupervisor:
                                   or now - self.warn_seen >= cfg.degraded_clear_time):
             return self._set(NOMINAL, 'warnings cleared', now)
         return None
+
+    def next_deadline(self):
+        """
+        Return the earliest time at which a check can change without a new observation.
+
+        Return None when nothing is pending (the next change needs an observation). The
+        caller evaluates once the clock has reached it (some checks change at the deadline,
+        those that compare an age with ``>`` just after it: evaluate a little after). A
+        deadline equal to the last evaluation's time is still returned once, so that a
+        ``>`` check is evaluated again after it.
+        """
+        cfg = self.config
+        times = []
+        if self.last_command_arrival is not None:
+            times.append(self.last_command_arrival + cfg.command_timeout)
+        if self.last_rejection is not None:
+            times.append(self.last_rejection[0] + cfg.alignment_dwell)
+        if self.second_source is not None:
+            times.append(self.second_source[0] + cfg.command_timeout)
+        for arrival in (self.last_js, self.last_cp):
+            if arrival is not None:
+                times.append(arrival + cfg.feedback_timeout)
+                times.append(arrival + cfg.slave_dead_timeout)
+        if self.slave_diag is not None:
+            times.append(self.slave_diag[0] + cfg.slave_diag_timeout)
+        for received, _p99, _loss in self.net.values():
+            times.append(received + cfg.stats_timeout)
+        if self.aligned_since is not None:
+            times.append(self.aligned_since + cfg.alignment_dwell)
+        if self.status.state == DEGRADED and self.warn_seen is not None:
+            times.append(self.warn_seen + cfg.degraded_clear_time)
+        pending = [t for t in times if t >= self.last_evaluation]
+        return min(pending) if pending else None
 
     def _try_release(self, alignment, worst, now):
         cfg = self.config
@@ -502,6 +629,7 @@ class SafetySupervisor:
         self.status = SafetyStatus(state, reason)
         self.since = now
         self.transitions += 1
+        self.dirty = True         # a new state can change what the next evaluation decides
         return Transition(previous, self.status, now)
 
     def summary(self):

@@ -7,6 +7,14 @@ its own time, not on the next arrival or a coarse timer tick. When a message is 
 on submission and nothing is waiting or being delivered, it is delivered at once in the
 caller's thread: the zero-delay path costs one function call.
 
+Order: items due at the same time leave in submission order, and the immediate path is
+taken only when nothing is waiting or being delivered, so a link whose release times never
+decrease (``preserve_order``) delivers in exactly the order it was given.
+
+The release thread asks for ``SCHED_FIFO`` at ``priority`` (see
+:func:`telesurgery_ros.core.realtime.make_realtime`); :attr:`ReleaseScheduler.schedule` tells
+what it got.
+
 No ROS here: ``deliver(item)`` is injected (the relay publishes from it) and so is the
 monotonic ``clock``.
 """
@@ -15,13 +23,17 @@ import itertools
 import threading
 import time
 
+from telesurgery_ros.core.realtime import make_realtime, name_thread
+
 
 class ReleaseScheduler:
     """A heap of ``(release_time, item)`` drained by one thread at the right times."""
 
-    def __init__(self, deliver, clock=time.monotonic, on_error=None):
+    def __init__(self, deliver, clock=time.monotonic, on_error=None, priority=0):
         """Create the scheduler; call :meth:`start` to run the release thread."""
         self._deliver = deliver
+        self._priority = priority
+        self.schedule = None
         self._clock = clock
         self._on_error = on_error
         self._heap = []
@@ -34,8 +46,11 @@ class ReleaseScheduler:
 
     def start(self):
         self._running = True
-        self._thread = threading.Thread(target=self._run, name='relay-release', daemon=True)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name='relay-release',
+                                        daemon=True)
         self._thread.start()
+        ready.wait(5.0)
         return self
 
     def stop(self, timeout=2.0):
@@ -91,7 +106,10 @@ class ReleaseScheduler:
             if self._on_error is not None:
                 self._on_error(exc)
 
-    def _run(self):
+    def _run(self, ready):
+        name_thread('relay-release')
+        self.schedule = make_realtime(self._priority)
+        ready.set()
         cond = self._cond
         while True:
             with cond:

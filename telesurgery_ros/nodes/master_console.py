@@ -1,8 +1,9 @@
 """
 master_console: the surgeon site — hand input to tool-tip commands, and what comes back.
 
-Publishes ``console/<arm>/servo_cp`` and ``console/<arm>/jaw/servo_jp`` at ``rate``, stamped at
-sampling time; listens to the arm's echoed setpoint (round-trip time), measured pose (tracking
+Publishes ``console/<arm>/servo_cp`` at ``rate``, stamped at sampling time, and
+``console/<arm>/jaw/servo_jp`` when the jaw command changes (else at ``JAW_KEEPALIVE`` Hz);
+listens to the arm's echoed setpoint (round-trip time), measured pose (tracking
 error, re-alignment), contact force and ``safety/state``; shows a one-line status and the same
 figures on ``/diagnostics``. The logic is in :mod:`telesurgery_ros.core.input_sources`,
 :mod:`telesurgery_ros.core.teleop` and :mod:`telesurgery_ros.core.rtt`.
@@ -37,6 +38,10 @@ HAND_INPUTS = ('keyboard', 'joy')
 _JOY = JoyMap()
 DEFAULT_SCALE = {'hand': 0.2, 'scripted': 1.0}
 TERMINAL_REFRESH = 0.25    # s, live status line on a terminal
+# The jaw command goes out when it changes, and at this rate while it stays the same (a late
+# joiner learns it; a lost sample is repaired): 500 Hz of an unchanged angle cost the relay,
+# the slave and the watchdog a callback each per sample.
+JAW_KEEPALIVE = 10.0       # Hz
 
 PARAMETERS = (
     Param('arm', contract.DEFAULT_ARM, 'arm namespace of the topics', read_only=True),
@@ -174,6 +179,7 @@ class MasterConsole(Node):
         self.measured_rx_ns = None
         self.paused = False
         self.published = 0
+        self._jaw_sent = (math.nan, 0)      # (angle, stamp ns) of the last jaw command sent
         self.tty = sys.stderr.isatty()
         self.last_log_ns = 0
         self.create_timer(1.0 / cfg.rate, self._tick)
@@ -285,9 +291,12 @@ class MasterConsole(Node):
         stamp = _time_msg(stamp_ns)
         self.pose_pub.publish(make_pose_stamped(command.position, command.orientation,
                                                 self.frame, stamp))
-        jaw = JointState(name=[self.jaw_name], position=[float(command.jaw)])
-        jaw.header.stamp = stamp
-        self.jaw_pub.publish(jaw)
+        angle = float(command.jaw)
+        if angle != self._jaw_sent[0] or stamp_ns - self._jaw_sent[1] >= 1e9 / JAW_KEEPALIVE:
+            self._jaw_sent = (angle, stamp_ns)
+            jaw = JointState(name=[self.jaw_name], position=[angle])
+            jaw.header.stamp = stamp
+            self.jaw_pub.publish(jaw)
         self.published += 1
 
     def on_shutdown(self):

@@ -5,7 +5,11 @@ For each configured topic pair the relay discovers the publisher's message type 
 the graph, subscribes with ``raw=True`` and republishes the serialized bytes unchanged after
 the impairments of its direction (``forward``: console -> patient, ``backward``: patient ->
 console; see :mod:`telesurgery_ros.core.netem`). Messages leave at their scheduled time from
-a dedicated release thread (:mod:`telesurgery_ros.core.scheduler`).
+a dedicated release thread (:mod:`telesurgery_ros.core.scheduler`), under ``SCHED_FIFO`` at
+``realtime_priority`` where the system permits it (one warning and normal scheduling where
+not). A path keeps the order of each topic unless its profile reorders explicitly
+(``reorder``, ``preserve_order: false``); ``reordered`` on network/stats counts the messages
+a receiver got after a later one of the same topic.
 
 Parameters: ``profile`` (a name in ``config/network_profiles.yaml``), ``overrides``
 (``'forward.delay=0.05; both.loss.p=0.01'``), ``seed``, ``blackout`` and ``stats_rate`` can
@@ -67,8 +71,14 @@ PARAMETERS = (
           choices=('auto', 'volatile', 'transient_local'), read_only=True),
     Param('qos.depth', 100, 'queue depth of the relay subscriptions and publishers',
           'messages', low=1, high=10000, read_only=True),
-    Param('discovery_period', 0.5, 'how often to look for the publishers not found yet', 's',
+    Param('discovery_period', 0.5, 'how often to look for the publishers not found yet and '
+          'whether each target has subscribers (a pair is relayed only while it has)', 's',
           low=0.05, high=10.0, read_only=True),
+    Param('realtime_priority', 45,
+          'SCHED_FIFO priority of the release thread, used where the system permits it (root '
+          'or CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling; '
+          "below the slave's control loop (50) on a shared machine", low=0, high=98,
+          read_only=True),
 )
 
 
@@ -137,6 +147,7 @@ class Pair:
     publisher: object = None
     announced: bool = False
     extra: dict = field(default_factory=dict)
+    seq: object = field(default_factory=itertools.count)     # input index, per topic
 
 
 class NetworkRelay(Node):
@@ -153,7 +164,6 @@ class NetworkRelay(Node):
                                          cross_check=self._cross_check)
         cfg = self.config
         self._stats = {d: LinkStats(cfg.stats_window) for d in DIRECTIONS}
-        self._seq = {d: itertools.count() for d in DIRECTIONS}
         self._apply_profile(cfg, reason='start')
         self.pairs = []
         for direction in DIRECTIONS:
@@ -161,7 +171,15 @@ class NetworkRelay(Node):
             given = parse_pairs(text, f'{direction}_topics')
             for src, dst in given or default_pairs(cfg.arm, direction):
                 self.pairs.append(Pair(direction, src, dst))
-        self._scheduler = ReleaseScheduler(self._publish, on_error=self._publish_failed).start()
+        self._scheduler = ReleaseScheduler(self._publish, on_error=self._publish_failed,
+                                           priority=cfg.realtime_priority).start()
+        schedule = self._scheduler.schedule
+        if cfg.realtime_priority > 0 and not schedule.realtime:
+            self.get_logger().warning(
+                f'realtime_priority {cfg.realtime_priority} refused ({schedule.refused}): the '
+                'release thread runs with normal scheduling')
+        else:
+            self.get_logger().info(f'release thread: {schedule.describe()}')
         self._stats_pub = self.create_publisher(DiagnosticArray, NETWORK_STATS_TOPIC,
                                                 DIAGNOSTICS_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC,
@@ -243,15 +261,14 @@ class NetworkRelay(Node):
 
     def _discover(self):
         cfg = self.config
-        waiting = 0
         for pair in self.pairs:
-            if pair.subscription is not None:
+            if pair.publisher is not None:
+                self._follow_demand(pair)
                 continue
             infos = [i for i in self.get_publishers_info_by_topic(pair.source)
                      if not (i.node_name == self.get_name()
                              and i.node_namespace == self.get_namespace())]
             if not infos:
-                waiting += 1
                 if not pair.announced:
                     pair.announced = True
                     self.get_logger().info(f'waiting for a publisher on {pair.source}')
@@ -260,7 +277,6 @@ class NetworkRelay(Node):
             try:
                 msg_type = import_message(type_name)
             except (ImportError, AttributeError) as exc:
-                waiting += 1
                 if pair.extra.get('bad_type') != type_name:
                     pair.extra['bad_type'] = type_name
                     self.get_logger().error(
@@ -269,15 +285,29 @@ class NetworkRelay(Node):
                 continue
             qos = matched_qos(infos, cfg.qos.reliability, cfg.qos.durability, cfg.qos.depth)
             pair.type_name = type_name
+            pair.extra.update(msg_type=msg_type, qos=qos, idle=0)
             pair.publisher = self.create_publisher(msg_type, pair.target, qos)
-            pair.subscription = self.create_subscription(
-                msg_type, pair.source, lambda data, p=pair: self._on_message(p, data), qos,
-                raw=True)
             self.get_logger().info(
                 f'relaying {pair.direction} {pair.source} -> {pair.target} ({type_name}, '
-                f'{qos.reliability.name.lower()}, {qos.durability.name.lower()})')
-        if waiting == 0 and self._discovery_timer is not None:
-            self._discovery_timer.cancel()
+                f'{qos.reliability.name.lower()}, {qos.durability.name.lower()}) while '
+                f'{pair.target} has subscribers')
+            self._follow_demand(pair)
+
+    def _follow_demand(self, pair):
+        """Take the source only while the target has a subscriber: no callback for nobody."""
+        wanted = pair.publisher.get_subscription_count() > 0
+        if wanted and pair.subscription is None:
+            pair.subscription = self.create_subscription(
+                pair.extra['msg_type'], pair.source,
+                lambda data, p=pair: self._on_message(p, data), pair.extra['qos'], raw=True)
+        elif not wanted and pair.subscription is not None:
+            pair.extra['idle'] += 1
+            if pair.extra['idle'] >= 2:                 # a whole discovery period without one
+                self.destroy_subscription(pair.subscription)
+                pair.subscription = None
+                pair.extra['idle'] = 0
+        else:
+            pair.extra['idle'] = 0
 
     # --- the data path --------------------------------------------------------------------
 
@@ -286,14 +316,14 @@ class NetworkRelay(Node):
         direction = pair.direction
         fate = self._links[direction].process(now, len(data))
         self._stats[direction].arrived(fate)
-        seq = next(self._seq[direction])
+        seq = next(pair.seq)
         for release in fate.releases:
             self._scheduler.submit(release, (pair, data, now, seq), key=direction)
 
     def _publish(self, item):
         pair, data, arrival, seq = item
         pair.publisher.publish(data)
-        self._stats[pair.direction].released(seq, time.monotonic() - arrival)
+        self._stats[pair.direction].released(seq, time.monotonic() - arrival, pair.source)
 
     def _publish_failed(self, exc):
         self.get_logger().error(f'publish failed: {exc}', throttle_duration_sec=5.0)
@@ -313,10 +343,14 @@ class NetworkRelay(Node):
             values['bottleneck_depth'] = link.queue_depth(now)
             values['configured_delay_ms'] = link.base_delay(now) * 1e3
             values['profile'] = self._resolved.name
+            values['preserve_order'] = link.config.preserve_order
+            values['scheduling'] = self._scheduler.schedule.describe()
             values['blackout'] = link.blackout
             values['outage'] = outage
             values['topics'] = ', '.join(
-                f'{p.source}>{p.target}' + ('' if p.subscription else ' (waiting)')
+                f'{p.source}>{p.target}' + (
+                    '' if p.subscription else ' (no subscriber)' if p.publisher else
+                    ' (waiting)')
                 for p in self.pairs if p.direction == direction)
             if link.blackout:
                 level, message = 'WARN', 'blackout'

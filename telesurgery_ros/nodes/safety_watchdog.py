@@ -6,9 +6,18 @@ force, the relay's statistics and ``/diagnostics``; the decisions are in
 :class:`telesurgery_ros.core.safety.SafetySupervisor`. Publishes ``safety/state`` at
 ``SAFETY_STATE_RATE`` and at once on every transition, ``/diagnostics`` with every check, and
 offers ``safety/estop`` and ``safety/reset`` (std_srvs/Trigger).
+
+No polling: an observation that can change a check is evaluated at once in its callback,
+and a supervision thread sleeps until the supervisor's next deadline (the last command's
+arrival plus the timeout, feedback ages, the alignment dwell...), under ``SCHED_FIFO`` at
+``realtime_priority`` where permitted. Commands and feedback are read from their CDR bytes
+(:mod:`telesurgery_ros.core.cdr`). Only one publisher of ``servo_cp`` is the arm's command
+source; commands of another are counted (``second_source``) and HOLD the arm with the reason
+``second command source on <arm>/servo_cp: node <name>``.
 """
 import math
 import sys
+import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -18,13 +27,19 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from telesurgery_ros.core import contract
+from telesurgery_ros.core import cdr, contract
 from telesurgery_ros.core.command_check import CommandLimits
+from telesurgery_ros.core.command_source import ACCEPT
 from telesurgery_ros.core.params import Param
+from telesurgery_ros.core.realtime import make_realtime, name_thread
 from telesurgery_ros.core.safety import SafetyConfig, SafetySupervisor
 from telesurgery_ros.rosutil import (
-    declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS, pose_to_arrays,
-    run_node, SAFETY_QOS, stamp_to_sec, STREAM_QOS)
+    declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS, LogThrottle,
+    run_node, SAFETY_QOS, SourceGate, STREAM_QOS, with_message_info)
+
+# The supervision thread evaluates this long after a deadline: checks that compare an age
+# with '>' have changed by then.
+DEADLINE_MARGIN = 0.0002
 
 _D = SafetyConfig()
 _L = CommandLimits()
@@ -34,8 +49,10 @@ PARAMETERS = (
     Param('shared_clock', _D.shared_clock,
           'both sites share one clock: enables the stamp-age and future-stamp checks '
           '(false for split-site deployments)'),
-    Param('check_rate', 200.0, 'rate of the checks (reaction time to stale commands)', 'Hz',
-          low=10.0, high=1000.0, read_only=True),
+    Param('realtime_priority', 48,
+          'SCHED_FIFO priority of the supervision thread, used where the system permits it '
+          '(root or CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal '
+          'scheduling', low=0, high=98, read_only=True),
     Param('diagnostics_rate', 2.0, 'rate of /diagnostics', 'Hz', low=0.1, high=50.0,
           read_only=True),
     Param('commands.timeout', _D.command_timeout,
@@ -192,23 +209,33 @@ class SafetyWatchdog(Node):
 
     def __init__(self):
         super().__init__('safety_watchdog')
+        # The supervision thread must get the GIL soon after its deadline (see the slave).
+        sys.setswitchinterval(0.0005)
         declare_parameters(self, PARAMETERS, on_change=self._on_change,
                            cross_check=cross_check)
         cfg = self.config
         self.supervisor = SafetySupervisor(safety_config(cfg), clock=time.monotonic,
-                                           stamp_clock=self._stamp_now)
+                                           stamp_clock=time.time)
         self.loss = {'forward': LossTracker(), 'backward': LossTracker()}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._armed = None              # the deadline the supervision thread waits for
+        self._running = True
+        self._log = LogThrottle(1.0)
+        self.malformed = 0
         topics = contract.arm_topics(cfg.arm)
-        self.create_subscription(PoseStamped, topics['servo_cp'], self._on_servo_cp,
-                                 STREAM_QOS)
+        servo = self.create_subscription(PoseStamped, topics['servo_cp'],
+                                         with_message_info(self._on_servo_cp), STREAM_QOS,
+                                         raw=True)
         self.create_subscription(JointState, topics['jaw_servo_jp'], self._on_jaw, STREAM_QOS)
-        # Only the arrival of measured_js matters: take it raw, skip deserialising arrays.
+        # Only what each check needs, read from the CDR bytes: the arrival of measured_js,
+        # the pose of measured_cp, the force of measured_cf.
         self.create_subscription(JointState, topics['measured_js'], self._on_measured_js,
                                  STREAM_QOS, raw=True)
         self.create_subscription(PoseStamped, topics['measured_cp'], self._on_measured_cp,
-                                 STREAM_QOS)
+                                 STREAM_QOS, raw=True)
         self.create_subscription(WrenchStamped, topics['measured_cf'], self._on_force,
-                                 STREAM_QOS)
+                                 STREAM_QOS, raw=True)
         self.create_subscription(DiagnosticArray, contract.NETWORK_STATS_TOPIC,
                                  self._on_network_stats, DIAGNOSTICS_QOS)
         self.create_subscription(DiagnosticArray, contract.DIAGNOSTICS_TOPIC,
@@ -217,55 +244,136 @@ class SafetyWatchdog(Node):
                                                SAFETY_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS_TOPIC,
                                               DIAGNOSTICS_QOS)
+        self.gate = SourceGate(self, servo, topics['servo_cp'])
         self.create_service(Trigger, contract.ESTOP_SERVICE, self._on_estop)
         self.create_service(Trigger, contract.RESET_SERVICE, self._on_reset)
-        self.create_timer(1.0 / cfg.check_rate, self._check)
         self.create_timer(1.0 / contract.SAFETY_STATE_RATE, self._publish_state)
         self.create_timer(1.0 / cfg.diagnostics_rate, self._publish_diagnostics)
+        self.create_timer(0.5, self._check_source)
         self._own_prefix = f'{self.get_name()}: '
         self._rate_window = None        # (time, message counts) of the last diagnostics
         self._rates = {}
         self._publish_state()
+        self.schedule = None
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, args=(ready,),
+                                        name='watchdog-deadlines', daemon=True)
+        self._thread.start()
+        ready.wait(5.0)
+        if cfg.realtime_priority > 0 and not self.schedule.realtime:
+            self.get_logger().warning(
+                f'realtime_priority {cfg.realtime_priority} refused ({self.schedule.refused}): '
+                'the supervision thread runs with normal scheduling')
         self.get_logger().info(
             f'supervising {cfg.arm}: state {self.supervisor.status.encode()}; commands '
             f'timeout {cfg.commands.timeout:.3f} s, shared_clock={cfg.shared_clock}, '
-            f'force limit {cfg.force.limit:.1f} N, checks at {cfg.check_rate:.0f} Hz')
-
-    def _stamp_now(self):
-        return self.get_clock().now().nanoseconds * 1e-9
+            f'force limit {cfg.force.limit:.1f} N; evaluated on events and deadlines '
+            f'({self.schedule.describe()})')
 
     def _on_change(self, cfg, _names):
-        self.supervisor.configure(safety_config(cfg))
+        with self._lock:
+            self.supervisor.configure(safety_config(cfg))
+            self.supervisor.dirty = True
+            self._after_observation()
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    def _after_observation(self):
+        """With the lock held: evaluate now if needed, re-arm the thread if needed."""
+        sup = self.supervisor
+        if not sup.dirty:
+            # Nothing changed but timestamps moving later: the armed deadline still holds
+            # (the thread recomputes when it wakes).
+            return
+        self._announce(sup.evaluate())
+        deadline = sup.next_deadline()
+        if deadline is not None and (self._armed is None or deadline < self._armed):
+            self._wake.notify()
+
+    def _supervise(self, ready):
+        """Run the supervision thread: sleep until the next deadline, evaluate, repeat."""
+        name_thread('watchdog-deadln')
+        self.schedule = make_realtime(self.config.realtime_priority)
+        ready.set()
+        sup = self.supervisor
+        with self._lock:
+            while self._running:
+                now = sup.clock()
+                deadline = sup.next_deadline()
+                if sup.dirty or (deadline is not None and now >= deadline + DEADLINE_MARGIN):
+                    self._announce(sup.evaluate())
+                    continue
+                self._armed = deadline
+                self._wake.wait(None if deadline is None else
+                                deadline + DEADLINE_MARGIN - now)
+                self._armed = None
 
     # --- inputs --------------------------------------------------------------------------
 
-    def _on_servo_cp(self, msg):
-        position, quaternion = pose_to_arrays(msg.pose)
-        verdict = self.supervisor.on_command(stamp_to_sec(msg.header.stamp), position,
-                                             quaternion)
+    def _on_servo_cp(self, data, info):
+        verdict = self.gate.check(info)
+        if verdict != ACCEPT:
+            reason = self.gate.source.reason(verdict)
+            with self._lock:
+                self.supervisor.on_second_source(reason)
+                self._after_observation()
+            self._log.log(self.get_logger().warning, 'second_source',
+                          f'command refused: {reason}')
+            return
+        pose = self._decode(cdr.decode_pose_stamped, data, 'servo_cp')
+        if pose is None:
+            return
+        stamp_ns, _frame, position, quaternion = pose
+        with self._lock:
+            if self.gate.source.just_changed:
+                self.supervisor.on_source_change(
+                    f'new command source on {self.gate.source.topic}: node '
+                    f'{self.gate.source.pinned_name}; waiting for re-alignment')
+            verdict = self.supervisor.on_command(stamp_ns * 1e-9, position, quaternion)
+            self._after_observation()
         if not verdict.ok:
-            self.get_logger().warning(f'command rejected ({verdict.reason}): {verdict.detail}',
-                                      throttle_duration_sec=1.0)
-            self._check()
+            self._log.log(self.get_logger().warning, verdict.reason,
+                          f'command rejected ({verdict.reason}): {verdict.detail}')
 
     def _on_jaw(self, msg):
-        if not self.supervisor.on_jaw(list(msg.position)):
-            self.get_logger().warning('jaw command rejected: '
-                                      + self.supervisor.last_jaw_rejection[2],
-                                      throttle_duration_sec=1.0)
-            self._check()
+        with self._lock:
+            ok = self.supervisor.on_jaw(list(msg.position))
+            self._after_observation()
+        if not ok:
+            self._log.log(self.get_logger().warning, 'jaw', 'jaw command rejected: '
+                          + self.supervisor.last_jaw_rejection[2])
 
-    def _on_measured_js(self, _msg):
-        self.supervisor.on_measured_js()
+    def _on_measured_js(self, _data):
+        with self._lock:
+            self.supervisor.on_measured_js()
+            self._after_observation()
 
-    def _on_measured_cp(self, msg):
-        self.supervisor.on_measured_cp(*pose_to_arrays(msg.pose))
+    def _decode(self, decoder, data, topic):
+        try:
+            return decoder(data)
+        except cdr.CdrError as exc:
+            self.malformed += 1
+            self._log.log(self.get_logger().warning, 'malformed', f'{topic} ignored: {exc}')
+            return None
 
-    def _on_force(self, msg):
-        f = msg.wrench.force
-        self.supervisor.on_force((f.x, f.y, f.z))
+    def _on_measured_cp(self, data):
+        pose = self._decode(cdr.decode_pose_stamped, data, 'measured_cp')
+        if pose is None:
+            return
+        with self._lock:
+            self.supervisor.on_measured_cp(pose[2], pose[3])
+            self._after_observation()
+
+    def _on_force(self, data):
+        force = self._decode(cdr.decode_wrench_force, data, 'measured_cf')
+        if force is None:
+            return
+        with self._lock:
+            self.supervisor.on_force(force)
+            self._after_observation()
 
     def _on_network_stats(self, msg):
+        found = []
         for status in msg.status:
             direction = status.name.rpartition(': ')[2]
             if direction not in self.loss:
@@ -277,41 +385,57 @@ class SafetyWatchdog(Node):
                 continue
             if not math.isfinite(p99):
                 continue
-            self.supervisor.on_network_stats(direction, p99,
-                                             self.loss[direction].update(values))
+            found.append((direction, p99, self.loss[direction].update(values)))
+        if found:
+            with self._lock:
+                for item in found:
+                    self.supervisor.on_network_stats(*item)
+                self._after_observation()
 
     def _on_diagnostics(self, msg):
-        for status in msg.status:
-            if status.name.endswith(': control loop') and not status.name.startswith(
-                    self._own_prefix):
-                self.supervisor.on_slave_diagnostics(
-                    level_name(status.level), status.message,
-                    {kv.key: kv.value for kv in status.values})
+        found = [status for status in msg.status
+                 if status.name.endswith(': control loop')
+                 and not status.name.startswith(self._own_prefix)]
+        if found:
+            with self._lock:
+                for status in found:
+                    self.supervisor.on_slave_diagnostics(
+                        level_name(status.level), status.message,
+                        {kv.key: kv.value for kv in status.values})
+                self._after_observation()
+
+    def _check_source(self):
+        gone = self.gate.refresh()
+        if gone:
+            self.get_logger().warning(
+                f'command source {gone} has gone from {self.gate.source.topic}: the next '
+                'single source is followed only after HOLD and re-alignment')
 
     # --- services -------------------------------------------------------------------------
 
     def _on_estop(self, _request, response):
-        response.success, response.message, transition = self.supervisor.estop(
-            'operator e-stop (safety/estop)')
-        self._announce(transition)
+        with self._lock:
+            response.success, response.message, transition = self.supervisor.estop(
+                'operator e-stop (safety/estop)')
+            self._announce(transition)
         return response
 
     def _on_reset(self, _request, response):
-        self._check()       # judge the causes on the latest observations
-        response.success, response.message, transition = self.supervisor.reset()
-        if response.success:
-            self.get_logger().info(f'safety/reset: {response.message}')
-        else:
-            self.get_logger().warning(f'safety/reset: {response.message}')
-        self._announce(transition)
+        with self._lock:
+            self._announce(self.supervisor.evaluate())   # judge the latest observations
+            response.success, response.message, transition = self.supervisor.reset()
+            if response.success:
+                self.get_logger().info(f'safety/reset: {response.message}')
+            else:
+                self.get_logger().warning(f'safety/reset: {response.message}')
+            self._announce(transition)
+            self._after_observation()
         return response
 
     # --- outputs --------------------------------------------------------------------------
 
-    def _check(self):
-        self._announce(self.supervisor.evaluate())
-
     def _announce(self, transition):
+        """With the lock held: log a transition and publish the new state at once."""
         if transition is None:
             return
         old, new = transition.previous, transition.current
@@ -322,26 +446,38 @@ class SafetyWatchdog(Node):
             self.get_logger().warning(text)
         else:
             self.get_logger().info(text)
-        self._publish_state()
+        self.state_pub.publish(String(data=new.encode()))
 
     def _publish_state(self):
-        self.state_pub.publish(String(data=self.supervisor.status.encode()))
+        with self._lock:
+            self.state_pub.publish(String(data=self.supervisor.status.encode()))
 
     def _publish_diagnostics(self):
         sup = self.supervisor
         hardware = self.config.arm
-        summary = sup.summary()
+        with self._lock:
+            self._announce(sup.evaluate())       # the checks as of now, for the report
+            summary = sup.summary()
+            checks = list(sup.checks)
+            counts = dict(sup.received)
+        summary.update(evaluations=sup.evaluations, scheduling=self.schedule.describe(),
+                       realtime=self.schedule.realtime,
+                       second_source=self.gate.source.second_source,
+                       command_source=self.gate.source.pinned_name or 'none',
+                       command_source_changes=self.gate.source.changes,
+                       last_refused_source=(self.gate.source.intruder.name
+                                            if self.gate.source.intruder else ''),
+                       malformed=self.malformed)
         level = {'NOMINAL': 'OK', 'DEGRADED': 'WARN'}.get(summary['state'], 'ERROR')
         statuses = [diagnostic_status(f'{self.get_name()}: state', hardware, level,
                                       sup.status.encode(), summary)]
         now = time.monotonic()
-        counts = dict(sup.received)
         if self._rate_window is not None:
             then, before = self._rate_window
             for key, count in counts.items():
                 self._rates[f'{key}_rate_hz'] = (count - before[key]) / max(1e-6, now - then)
         self._rate_window = (now, counts)
-        for check in sup.checks:
+        for check in checks:
             values = dict(check.values)
             if check.name == 'slave health':
                 values.update(self._rates)
@@ -351,6 +487,10 @@ class SafetyWatchdog(Node):
 
     def on_shutdown(self):
         """Tell the slave to hold before the watchdog goes (it would on silence anyway)."""
+        with self._lock:
+            self._running = False
+            self._wake.notify()
+        self._thread.join(2.0)
         try:
             self.state_pub.publish(String(data=contract.SafetyStatus(
                 contract.SafetyState.HOLD, 'safety_watchdog shutting down').encode()))
