@@ -16,6 +16,8 @@ MODULE_KEYS = {
     'matplotlib': 'python3-matplotlib',
     'mcap': 'python3-mcap',
     'mcap_ros2': 'python3-mcap',
+    'cryptography': 'python3-cryptography',
+    'zenoh': 'python3-eclipse-zenoh',
 }
 
 
