@@ -28,14 +28,16 @@ test: $(STAMP)
 test-long: $(STAMP)
 	$(PY) -m pytest -m long -s $(PYTEST_ARGS)
 
-# make demo [DURATION=30] [GUI=1] [PROFILE=rome_beijing_2024]: the whole stack with the
-# scripted surgeon motion; DURATION=0 runs until Ctrl-C. Writes runs/<timestamp>/.
+# make demo [DURATION=30] [GUI=1] [PROFILE=rome_beijing_2024] [SITES=2]: the whole stack with
+# the scripted surgeon motion; DURATION=0 runs until Ctrl-C. Writes runs/<timestamp>/.
+# SITES=2: the two sites in two ROS domains, joined by site_link over mutual TLS on loopback.
 DURATION ?= 30
 PROFILE  ?= rome_beijing_2024
 GUI      ?= 0
+SITES    ?= 1
 demo: $(STAMP)
 	$(PY) -m telesurgery_ros.demo --duration $(DURATION) --profile $(PROFILE) \
-		$(if $(filter 1 true yes,$(GUI)),--gui,)
+		$(if $(filter 1 true yes,$(GUI)),--gui,) --sites $(SITES)
 
 lint: $(STAMP)
 	$(PY) -m pytest test/test_flake8.py test/test_pep257.py

@@ -475,3 +475,35 @@ def test_site_launch_files_choose_the_bridge():
     assert 'master_console' in surgeon
     with pytest.raises(LaunchFileError, match="'link' must be one of dds, zenoh, got 'ddz'"):
         nodes('patient', link='ddz')
+
+
+def test_demo_with_two_sites_reports_the_link(launcher, tmp_path):
+    from mcap.reader import make_reader
+    demo = launcher.start_argv('demo', [
+        sys.executable, '-m', 'telesurgery_ros.demo', '--sites', '2', '--duration', '3',
+        '--profile', 'lan', '--runs-dir', str(tmp_path), '--ready-timeout',
+        str(READY_TIMEOUT)])
+    code = demo.wait(READY_TIMEOUT + 90)
+    assert code is not None, 'the demo did not finish'
+    out = demo.output()
+    (run_dir,) = list(tmp_path.iterdir())
+    report = json.load(open(run_dir / 'report.json'))
+    print(f"demo --sites 2: exit {code}, sound {report['sound']} {report['problems']}, RTT "
+          f"p50 {report['rtt_ms']['p50']} ms, link {report['link']}")
+    assert code == (0 if report['sound'] else 1)
+    assert 'link surgeon' in out and 'link patient' in out
+    assert report['sites']['surgeon_domain'] != report['sites']['patient_domain']
+    assert report['link']['patient']['peer_identity'] == 'surgeon-console'
+    assert report['link']['surgeon']['peer_identity'] == 'patient-site'
+    assert stat_mode(run_dir / 'certs' / 'patient-site.key') == 0o600
+    with open(run_dir / 'run.mcap', 'rb') as handle:
+        summary = make_reader(handle).get_summary()
+    counts = {summary.channels[cid].topic: n
+              for cid, n in summary.statistics.channel_message_counts.items()}
+    for topic in ('/console/psm1/servo_cp', '/psm1/servo_cp', '/psm1/measured_cp',
+                  '/console/psm1/measured_cp', '/safety/state', '/network/stats'):
+        assert counts.get(topic, 0) > 0, topic
+
+
+def stat_mode(path):
+    return os.stat(path).st_mode & 0o777
