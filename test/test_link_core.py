@@ -72,6 +72,7 @@ def test_replay_guard_in_order_duplicates_and_old():
     assert guard.counts == {'accepted': 11, 'duplicate': 2, 'old': 2, 'stale_session': 0,
                             'malformed': 3}
     assert guard.dropped == 7
+    assert guard.missing == 1                 # 4 was skipped (it came late: dropped as old)
 
 
 def test_replay_guard_sessions():

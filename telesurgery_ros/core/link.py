@@ -187,6 +187,10 @@ class ReplayGuard:
     their start time: a sample of a later session than the current one makes it current
     (the peer restarted) and retires the old one; a sample of an earlier or retired session
     is ``stale_session``. Samples without our attachment are ``malformed``.
+
+    ``missing`` counts the sequence numbers skipped after the first sample of a key in a
+    session: samples the sender put that never arrived (lost on the way, e.g. dropped by
+    Zenoh under congestion), as opposed to those the sender never put.
     """
 
     def __init__(self, window=64, on_new_session=None):
@@ -197,6 +201,7 @@ class ReplayGuard:
         self.retired = set()
         self._keys = {}                 # key -> (highest seq, bitmask of seen below it)
         self.counts = dict.fromkeys((ACCEPTED,) + DROP_CAUSES, 0)
+        self.missing = 0
         self.sessions_seen = 0
 
     @property
@@ -232,6 +237,8 @@ class ReplayGuard:
         highest, seen = self._keys.get(key, (0, 0))
         if seq > highest:
             shift = seq - highest
+            if highest:
+                self.missing += shift - 1
             seen = ((seen << shift) | (1 << (shift - 1))) & ((1 << self.window) - 1) \
                 if highest else 0
             self._keys[key] = (seq, seen)

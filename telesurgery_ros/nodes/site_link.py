@@ -167,6 +167,10 @@ class SiteLink(Node):
 
     def __init__(self):
         super().__init__('site_link')
+        # Zenoh's threads, the executor and the release thread share the GIL: a 0.5 ms switch
+        # interval (Python's default is 5 ms) bounds how long one holds it while another waits
+        # with a message (as network_relay does).
+        sys.setswitchinterval(0.0005)
         overrides = getattr(self, '_parameter_overrides', {})
         given_role = overrides.get('role')
         role = given_role.value if given_role is not None else 'patient'
@@ -520,6 +524,7 @@ class SiteLink(Node):
             'refused_handshakes': self.counts['refused_handshakes'],
             'publish_errors': self.counts['publish_errors'],
             'replay_drops': self.guard.dropped,
+            'sequence_gaps': self.guard.missing,
             'same_domain': self._same_domain,
         })
         values.update({f'replay_{cause}': self.guard.counts[cause]
