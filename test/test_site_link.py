@@ -507,3 +507,11 @@ def test_demo_with_two_sites_reports_the_link(launcher, tmp_path):
 
 def stat_mode(path):
     return os.stat(path).st_mode & 0o777
+
+
+def test_bench_link_counts_lost_stamps_in_the_window():
+    from telesurgery_ros.bench.link import lost_stamps
+    stamps = np.arange(100.0, 110.0, 0.002)              # 500 Hz for 10 s
+    received = np.delete(stamps, [10, 2000, 3000, 4999])  # 2 in the window, 1 before, 1 after
+    sent = (stamps, stamps, None)
+    assert lost_stamps(sent, (received, received, None), (100.5, 110.0)) == (4250, 2)
