@@ -35,6 +35,8 @@ ROLE_NAMES = {'surgeon': 'surgeon-console', 'patient': 'patient-site'}
 PROTOCOLS = ('tls', 'tcp')
 DEFAULT_ENDPOINT = 'tls/127.0.0.1:7447'
 DEFAULT_PORT = 7447
+_QUEUES = ('control', 'real_time', 'interactive_high', 'interactive_low', 'data_high', 'data',
+           'data_low', 'background')
 
 
 class CredentialError(ValueError):
@@ -318,7 +320,11 @@ def zenoh_config(role, endpoint, credentials, namespace, arm, lease, retry_max=1
             'unicast': {'max_links': 1},
             'link': {
                 'protocols': [protocol],
-                'tx': {'lease': int(round(lease * 1000)), 'keep_alive': 4},
+                # 16 batches (the most Zenoh allows) per priority queue instead of 2: an
+                # express sample takes a batch of its own, so 2 overflow as soon as the TX
+                # thread is late by two command periods (4 ms) on a busy machine.
+                'tx': {'lease': int(round(lease * 1000)), 'keep_alive': 4,
+                       'queue': {'size': dict.fromkeys(_QUEUES, 16)}},
             },
         },
         'access_control': access_control(

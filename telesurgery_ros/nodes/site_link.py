@@ -74,6 +74,9 @@ COMMON_PARAMETERS = (
     Param('arm', contract.DEFAULT_ARM, 'arm namespace of the carried topics', read_only=True),
     Param('qos.depth', 100, 'queue depth of the DDS subscriptions of the streams', 'messages',
           low=1, high=10000, read_only=True),
+    Param('realtime_priority', 0, 'SCHED_FIFO priority of the executor thread and of the Zenoh '
+          'threads started after it (0: normal scheduling; needs CAP_SYS_NICE, falls back with '
+          'a warning)', low=0, high=98, read_only=True),
     Param('zenoh_log', DEFAULT_ZENOH_LOG, "Zenoh's log filter (RUST_LOG syntax; a RUST_LOG "
           "environment variable wins); its lines are relayed into this node's log",
           read_only=True),
@@ -233,6 +236,7 @@ class SiteLink(Node):
             for s in self.outgoing]
 
         self._zenoh_log = None
+        self._set_realtime(cfg.realtime_priority)
         if not patient:
             self._publish_local_state('waiting for the patient site')
         self._open_zenoh(cfg)
@@ -287,6 +291,17 @@ class SiteLink(Node):
             return link_tls.load_credentials(cfg.role, *paths)
         except link_tls.CredentialError as exc:
             raise ConfigError(exc.problems) from None
+
+    def _set_realtime(self, priority):
+        """Run this thread, and the Zenoh threads it starts, with SCHED_FIFO."""
+        if priority <= 0:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            self.get_logger().info(f'executor and Zenoh threads at SCHED_FIFO {priority}')
+        except (OSError, AttributeError) as exc:
+            self.get_logger().warning(
+                f'realtime_priority {priority} not applied ({exc}): normal scheduling')
 
     # --- Zenoh ----------------------------------------------------------------------------
 
