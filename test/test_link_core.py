@@ -121,7 +121,33 @@ def test_zenoh_log_lines():
             'certificates. Hint: increase the system open file limit.\n')
     level, target, message = link.parse_zenoh_log(line)
     assert (level, target) == ('WARN', 'zenoh_link_tls::unicast')
-    assert link.handshake_refusal(target, message) == 'peer sent no certificates'
+    assert link.handshake_refusal(target, message) == ('peer', 'peer sent no certificates')
+    alert = 'received fatal alert: BadCertificate' + message[len('peer sent no certificates'):]
+    assert link.handshake_refusal(target, alert) == ('us', 'received fatal alert: BadCertificate')
+    failed = link.parse_zenoh_log(
+        '2026-12-02T07:50:56Z DEBUG net-0 ThreadId(03) zenoh::net::runtime::orchestrator: '
+        'Unable to connect to configured peer tls/127.0.0.2:17461! invalid peer certificate: '
+        'NotValidForName. Retry in 500ms.')
+    assert link.connect_failure(*failed[1:]) == ('tls/127.0.0.2:17461',
+                                                 'invalid peer certificate: NotValidForName')
+    refused = link.parse_zenoh_log(
+        '2026-12-02T07:50:56Z DEBUG ThreadId(03) zenoh::net::runtime::orchestrator: Unable to '
+        'connect to configured peer tls/127.0.0.1:7! Can not create a new TLS link bound to '
+        'IpAddress(V4(Ipv4Addr([127, 0, 0, 1]))): [127.0.0.1:7: Connection refused (os error '
+        '111) at /root/.cargo/git/x/io/tcp.rs:105.] at /root/.cargo/y/unicast.rs:378.. Retry '
+        'in 1s.')
+    assert link.connect_failure(*refused[1:]) == (
+        'tls/127.0.0.1:7', '127.0.0.1:7: Connection refused (os error 111)')
+
+
+def test_repeats_are_counted_not_repeated():
+    now = [0.0]
+    repeats = link.Repeats(period=10.0, clock=lambda: now[0])
+    assert repeats.say('a') == 'a'
+    assert repeats.say('a') is None and repeats.say('b') == 'b'
+    now[0] = 11.0
+    assert repeats.say('a') == 'a (1 more since)'
+    assert repeats.say('a') is None
     other = '2026-12-02T07:09:08Z  INFO ThreadId(01) zenoh::net::routing::interceptor::' \
         'access_control: 7e8a127e did not match any configured ACL subject. Default'
     level, target, message = link.parse_zenoh_log(other)

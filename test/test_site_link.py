@@ -316,10 +316,12 @@ def test_killed_surgeon_link_holds_then_resumes_after_realignment(
     lost = link_status(probe)
     print(f'patient link after the kill: {lost["message"]} (level {lost["level"]})')
     assert lost['level'] == 2                     # DiagnosticStatus.ERROR
-    held = sites.positions(time.monotonic() - 0.3)
+    time.sleep(0.3)                 # the arm settles where HOLD found it
+    mark = time.monotonic()
     time.sleep(1.0)
-    later = sites.positions(time.monotonic() - 0.3)
-    drift = float(np.linalg.norm(later[-1] - held[0]))
+    held = sites.positions(mark)
+    assert len(held) > 10, 'no feedback at the patient site while the surgeon site was gone'
+    drift = float(np.linalg.norm(held[-1] - held[0]))
     print(f'arm drift while the surgeon site was gone: {drift * 1e3:.3f} mm')
     assert drift < 0.001
 
@@ -515,3 +517,40 @@ def test_bench_link_counts_lost_stamps_in_the_window():
     received = np.delete(stamps, [10, 2000, 3000, 4999])  # 2 in the window, 1 before, 1 after
     sent = (stamps, stamps, None)
     assert lost_stamps(sent, (received, received, None), (100.5, 110.0)) == (4250, 2)
+
+
+def test_surgeon_side_says_hold_while_the_patient_site_is_away(launcher, probe_a, lab,
+                                                               domain_a):
+    """A console (or a late joiner) at the surgeon site never hears a stale NOMINAL."""
+    port = free_port()
+    env_a = {'ROS_DOMAIN_ID': str(domain_a)}
+    probe_a.record(String, STATE, SAFETY_QOS)
+    probe_a.record(DiagnosticArray, contract.DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
+    launcher.start('site_link', link_params('surgeon', lab / 'ours', port), env=env_a)
+    wait_for(lambda: probe_a.latest(STATE), 60, what='the surgeon link to say something')
+    assert probe_a.latest(STATE).data == 'HOLD: site_link: waiting for the patient site'
+    patient = launcher.start('site_link', link_params('patient', lab / 'ours', port,
+                                                      profile='none'))
+    wait_for(lambda: (link_status(probe_a, contract.DIAGNOSTICS_TOPIC) or {}).get(
+        'connection') == 'connected', 60, what='the surgeon link to connect')
+    # The patient link freezes (no process exit, no TCP close): only the lease can tell.
+    patient.send(signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        wait_for(lambda: link_status(probe_a, contract.DIAGNOSTICS_TOPIC)['connection'] ==
+                 'lost', 10, interval=0.01, what='the surgeon link to declare the peer lost')
+        took = time.monotonic() - frozen
+        status = link_status(probe_a, contract.DIAGNOSTICS_TOPIC)
+        print(f'frozen patient link declared lost after {took * 1e3:.0f} ms (lease 1 s, '
+              f'diagnostics at 5 Hz): {status["message"]}')
+        assert took < 1.0 + 1.0
+        assert status['level'] == 2
+        assert probe_a.latest(STATE).data == 'HOLD: site_link: no link to the patient site'
+        late = []
+        probe_a.create_subscription(String, STATE, late.append, SAFETY_QOS)
+        wait_for(lambda: late, 10, what='the latched state for a late joiner')
+        assert late[0].data == 'HOLD: site_link: no link to the patient site'
+    finally:
+        patient.send(signal.SIGCONT)
+    wait_for(lambda: link_status(probe_a, contract.DIAGNOSTICS_TOPIC)['connection'] ==
+             'connected', 30, what='the link back once the patient link runs again')

@@ -349,12 +349,57 @@ def parse_zenoh_log(line):
 
 
 def handshake_refusal(target, message):
-    """Return the reason if a Zenoh log message reports a refused TLS handshake, else None."""
+    """
+    Return ``(who, reason)`` if a Zenoh log message reports a failed TLS accept, else None.
+
+    ``who`` is ``'peer'`` when this listener refused the peer (no certificate, another CA,
+    ...) and ``'us'`` when the peer aborted the handshake (it refused this site's
+    certificate: a TLS alert received).
+    """
     if target.startswith('zenoh_link_tls') and message.endswith(_HINT):
         # zenoh 1.10 logs every failed accept of its TLS listener this way (the hint is
         # about the one error that is not a handshake failure: running out of sockets).
-        return message[:-len(_HINT)]
+        reason = message[:-len(_HINT)]
+        return ('us' if reason.startswith('received fatal alert') else 'peer'), reason
     return None
+
+
+_CONNECT_FAILED = re.compile(r'^Unable to connect to configured peer (\S+?)! (.*?)\. Retry in')
+
+
+_SOURCE_LOCATION = re.compile(r' at /\S+?:\d+\.?')
+_LINK_PREFIX = re.compile(r'^Can not create a new \w+ link bound to [^:]+\)\): ')
+
+
+def connect_failure(target, message):
+    """Return ``(endpoint, reason)`` if Zenoh reports a failed connect attempt, else None."""
+    if 'orchestrator' in target:
+        match = _CONNECT_FAILED.match(message)
+        if match:
+            endpoint, reason = match.groups()
+            reason = _LINK_PREFIX.sub('', _SOURCE_LOCATION.sub('', reason)).strip('[] .')
+            return endpoint, reason
+    return None
+
+
+class Repeats:
+    """Say each distinct thing once, then again only every ``period`` with a count."""
+
+    def __init__(self, period=10.0, clock=time.monotonic):
+        """Repeat a text at most once per ``period`` seconds."""
+        self.period = period
+        self.clock = clock
+        self._seen = {}                 # text -> (last said, times suppressed since)
+
+    def say(self, text):
+        """Return the text to log now (with the suppressed count), or None to stay quiet."""
+        now = self.clock()
+        last, suppressed = self._seen.get(text, (None, 0))
+        if last is not None and now - last < self.period:
+            self._seen[text] = (last, suppressed + 1)
+            return None
+        self._seen[text] = (now, 0)
+        return text + (f' ({suppressed} more since)' if suppressed else '')
 
 
 def acl_unmatched_zid(target, message):

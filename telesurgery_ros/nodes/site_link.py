@@ -43,8 +43,11 @@ from telesurgery_ros.rosutil import (
 
 MESSAGE_TYPES = {link.POSE: PoseStamped, link.WRENCH: WrenchStamped, link.JOINTS: JointState,
                  link.STRING: String, link.DIAGNOSTICS: DiagnosticArray}
+# Zenoh's warnings, its access-control notices, and its failed connect attempts (debug in
+# zenoh 1.10: relayed as one warning per reason); the gossip warning of peer mode is noise.
 DEFAULT_ZENOH_LOG = ('warn,zenoh::net::routing::hat::peer=error,'
-                     'zenoh::net::routing::interceptor::access_control=info')
+                     'zenoh::net::routing::interceptor::access_control=info,'
+                     'zenoh::net::runtime::orchestrator=debug')
 
 COMMON_PARAMETERS = (
     Param('role', 'patient', "this site: 'patient' listens on link_endpoint and emulates the "
@@ -125,11 +128,12 @@ class ZenohLog:
     _LEVELS = {'ERROR': 'error', 'WARN': 'warning', 'INFO': 'info', 'DEBUG': 'debug',
                'TRACE': 'debug'}
 
-    def __init__(self, logger, on_refusal, on_unmatched):
+    def __init__(self, logger, on_refusal, on_unmatched, on_connect_failed):
         """Redirect fd 1 through a pipe read by a thread."""
         self._logger = logger
         self._on_refusal = on_refusal
         self._on_unmatched = on_unmatched
+        self._on_connect_failed = on_connect_failed
         sys.stdout.flush()
         self._stdout = os.dup(1)
         read_fd, write_fd = os.pipe()
@@ -147,9 +151,13 @@ class ZenohLog:
                 continue
             level, target, message = parsed
             try:
-                reason = link.handshake_refusal(target, message)
-                if reason is not None:
-                    self._on_refusal(reason)
+                refusal = link.handshake_refusal(target, message)
+                if refusal is not None:
+                    self._on_refusal(*refusal)
+                    continue
+                failure = link.connect_failure(target, message)
+                if failure is not None:
+                    self._on_connect_failed(*failure)
                     continue
                 zid = link.acl_unmatched_zid(target, message)
                 if zid is not None:
@@ -198,7 +206,8 @@ class SiteLink(Node):
         self.sequencer = link.Sequencer(self.session_id)
         self.guard = link.ReplayGuard(on_new_session=self._on_new_peer_session)
         self.counts = {'sent': 0, 'received': 0, 'held_back': 0, 'refused_handshakes': 0,
-                       'publish_errors': 0}
+                       'refused_by_peer': 0, 'connect_failures': 0, 'publish_errors': 0}
+        self._repeats = link.Repeats(period=10.0)
         self._refusals = []
         self._pending_transports = {}
         self._same_domain = False
@@ -309,7 +318,7 @@ class SiteLink(Node):
         import zenoh
         self._zenoh = zenoh
         self._zenoh_log = ZenohLog(self.get_logger(), self._on_handshake_refused,
-                                   self._on_acl_unmatched)
+                                   self._on_acl_unmatched, self._on_connect_failed)
         try:
             zenoh.init_log_from_env_or(cfg.zenoh_log)
         except Exception as exc:    # noqa: B902 - zenoh raises its own error types
@@ -403,10 +412,24 @@ class SiteLink(Node):
                 f"refused peer {zid} at {address}: certificate CN '{cn or '(none)'}' is not "
                 f"'{self.peer.expected_cn}'; the access control denies everything it sends")
 
-    def _on_handshake_refused(self, reason):
+    def _on_handshake_refused(self, who, reason):
         with self._lock:
-            self.counts['refused_handshakes'] += 1
-            self._refusals.append((time.monotonic(), reason))
+            if who == 'peer':
+                self.counts['refused_handshakes'] += 1
+            else:
+                self.counts['refused_by_peer'] += 1
+            self._refusals.append((who, reason))
+
+    def _on_connect_failed(self, endpoint, reason):
+        hint = ''
+        if 'certificate' in reason:
+            hint = (' (is it the patient site of this deployment, with a certificate naming '
+                    'the host in link_endpoint? see telesurgery-certs --host)')
+        with self._lock:
+            self.counts['connect_failures'] += 1
+            text = self._repeats.say(f'cannot connect to {endpoint}: {reason}{hint}; retrying')
+        if text:                    # Zenoh retries every second: once per reason and 10 s
+            self.get_logger().warning(text)
 
     def _on_acl_unmatched(self, zid):
         self.get_logger().info(f'zenoh access control: peer {zid} matches no allowed '
@@ -416,10 +439,20 @@ class SiteLink(Node):
         """Log the refused TLS handshakes that Zenoh's log reported."""
         with self._lock:
             refusals, self._refusals = self._refusals, []
-        for _when, reason in refusals:
-            self.get_logger().warning(
-                f'refused a TLS connection on {self.endpoint}: {reason} (the peer proved no '
-                'identity of this deployment; Zenoh 1.10 does not report its address)')
+        for who, reason in refusals:
+            if who == 'peer':
+                text = (f'refused a TLS connection on {self.endpoint}: {reason} (the peer '
+                        'proved no identity of this deployment; Zenoh 1.10 does not report '
+                        'its address)')
+            else:
+                text = (f'a peer aborted the TLS handshake on {self.endpoint}: {reason}: it '
+                        "did not accept this site's certificate (a peer of another CA, or one "
+                        'that connected by a host name or address the certificate does not '
+                        'name)')
+            with self._lock:
+                text = self._repeats.say(text)
+            if text:
+                self.get_logger().warning(text)
 
     # --- the data path --------------------------------------------------------------------
 
@@ -537,6 +570,8 @@ class SiteLink(Node):
             'messages_received': self.counts['received'],
             'held_back': self.counts['held_back'],
             'refused_handshakes': self.counts['refused_handshakes'],
+            'refused_by_peer': self.counts['refused_by_peer'],
+            'connect_failures': self.counts['connect_failures'],
             'publish_errors': self.counts['publish_errors'],
             'replay_drops': self.guard.dropped,
             'sequence_gaps': self.guard.missing,
