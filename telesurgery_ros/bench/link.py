@@ -13,9 +13,9 @@ one-way latency with no clock sync.
 3. soak: 500 Hz commands with the full feedback of a real slave_controller (measured_cp,
    setpoint_cp, measured_cf, measured_js at 200 Hz) for 60 s, with the CPU of each link
    process. Lost on the link: the sequence numbers each receiving link never saw
-   (``sequence_gaps``, every stream; target 0). End to end: the stamps a sink recorded on the sending side that
-   the sink on the other side never received (the DDS hops included: a starved sink process
-   drops best-effort samples too).
+   (``sequence_gaps``, every stream; target 0). End to end: the stamps a sink recorded on the
+   sending side that the sink on the other side never received (the DDS hops included: a
+   starved sink process drops best-effort samples too).
 
 2 and 3 run twice: the links with normal scheduling (the default), then with
 ``realtime_priority: 20`` (SCHED_FIFO).
