@@ -48,17 +48,19 @@ test: system-packages $(STAMP)
 test-long: system-packages $(STAMP)
 	$(PY) -m pytest -m long -s $(PYTEST_ARGS)
 
-# make demo [DURATION=30] [GUI=1] [INPUT=joy] [PROFILE=rome_beijing_2024]: the whole stack
-# with the scripted surgeon motion; DURATION=0 runs until Ctrl-C. Writes runs/<timestamp>/.
+# make demo [DURATION=30] [GUI=1] [INPUT=joy] [PROFILE=rome_beijing_2024] [SITES=2]: the whole
+# stack with the scripted surgeon motion; DURATION=0 runs until Ctrl-C. Writes runs/<timestamp>/.
 # GUI=1 opens the arm_viewer window (a private Xvfb when there is no display); INPUT=joy hands
-# the controls to the viewer's keys instead of the script.
+# the controls to the viewer's keys instead of the script. SITES=2: the two sites in two ROS
+# domains, joined by site_link over mutual TLS on loopback.
 DURATION ?= 30
 PROFILE  ?= rome_beijing_2024
 GUI      ?= 0
 INPUT    ?= trajectory
+SITES    ?= 1
 demo: system-packages $(STAMP)
 	$(PY) -m telesurgery_ros.demo --duration $(DURATION) --profile $(PROFILE) \
-		--input $(INPUT) $(if $(filter 1 true yes,$(GUI)),--gui,)
+		--input $(INPUT) $(if $(filter 1 true yes,$(GUI)),--gui,) --sites $(SITES)
 
 lint: $(STAMP)
 	$(PY) -m pytest test/test_flake8.py test/test_pep257.py

@@ -42,11 +42,13 @@ setup(
             'telesurgery-bench = telesurgery_ros.bench.cli:main',
             'telesurgery-launch = telesurgery_ros.launch_runner:main',
             'telesurgery-demo = telesurgery_ros.demo:main',
+            'telesurgery-certs = telesurgery_ros.tools.certs:main',
             'master_console = telesurgery_ros.nodes.master_console:main',
             'network_relay = telesurgery_ros.nodes.network_relay:main',
             'slave_controller = telesurgery_ros.nodes.slave_controller:main',
             'safety_watchdog = telesurgery_ros.nodes.safety_watchdog:main',
             'arm_viewer = telesurgery_ros.nodes.arm_viewer:main',
+            'site_link = telesurgery_ros.nodes.site_link:main',
         ],
     },
 )

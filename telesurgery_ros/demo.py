@@ -22,6 +22,13 @@ end in HOLD), the slave's physics kept up with real time (``--min-physics`` perc
 own ``/diagnostics``) and no node exited before the end. ``--gui`` adds the ``arm_viewer``
 window (a private Xvfb when there is no display) and the summary gives its fps. Node output goes
 to ``launch.log`` beside the recording.
+
+``--sites 2`` runs the two sites as a real two-site deployment on this machine: the patient
+site (``patient_site_launch.yaml link:=zenoh``) in one ROS domain, the surgeon site
+(``surgeon_site_launch.yaml link:=zenoh``) in another, joined only by the two ``site_link``
+nodes over mutual TLS on loopback, with throw-away certificates made under the run folder.
+The monitor then has one participant in each domain, and the summary adds the link's
+statistics (``link`` in report.json: each side's ``site_link: link`` status).
 """
 import argparse
 import datetime
@@ -172,6 +179,8 @@ class RunMetrics:
         """``statuses``: [(name, {key: value text})] of one network/stats message."""
         for name, values in statuses:
             direction = name.rsplit(':', 1)[-1].strip()
+            if direction not in ('forward', 'backward'):
+                continue
             dropped = 0
             for key, value in values.items():
                 if key.startswith('dropped_'):
@@ -379,8 +388,13 @@ def write_plots(metrics, out_dir):
 
 # --- the monitor node ---------------------------------------------------------------------
 
-def make_monitor(arm, recorder, metrics, lock):
-    """Make the node that records every topic raw and feeds ``metrics`` what it needs."""
+def make_monitor(arm, recorder, metrics, lock, context=None, topics=None, name='demo_monitor'):
+    """
+    Make the node that records every topic raw and feeds ``metrics`` what it needs.
+
+    ``topics`` (default: every recorded topic) selects some, for a monitor in one of two
+    domains; ``context`` is that domain's rclpy Context.
+    """
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped, WrenchStamped
     from rclpy.node import Node
@@ -397,9 +411,11 @@ def make_monitor(arm, recorder, metrics, lock):
         """Raw subscriptions to every recorded topic."""
 
         def __init__(self):
-            super().__init__('demo_monitor')
+            super().__init__(name, context=context)
             self.subs = []
             for topic, type_name, role in recorded_topics(arm):
+                if topics is not None and topic not in topics:
+                    continue
                 qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
                 self.subs.append(self.create_subscription(
                     classes[type_name], topic, self._callback(topic, type_name, role), qos,
@@ -482,6 +498,10 @@ def build_parser():
     parser.add_argument('--min-physics', type=float, default=99.0, metavar='PERCENT',
                         help="the slave's physics must keep this percent of real time on "
                              'average, per its own /diagnostics (default 99)')
+    parser.add_argument('--sites', type=int, default=1, choices=(1, 2),
+                        help='1: one ROS domain, network_relay between the sites (default); '
+                             '2: two ROS domains joined by site_link over mutual TLS on '
+                             'loopback, with throw-away certificates under the run folder')
     return parser
 
 
@@ -493,6 +513,9 @@ def _check_options(options):
         problems.append(f'--ready-timeout must be > 0 s, got {options.ready_timeout}')
     if not options.max_tracking_rms > 0:
         problems.append(f'--max-tracking-rms must be > 0 m, got {options.max_tracking_rms}')
+    if options.sites == 2 and options.launch_file:
+        problems.append('--launch-file is for one site; --sites 2 runs the two site launch '
+                        'files')
     return problems
 
 
@@ -504,7 +527,9 @@ class _LogSink:
         self.lock = threading.Lock()
         self.tail = []
 
-    def __call__(self, _name, line):
+    def __call__(self, name, line):
+        if name != 'launch':        # two sites: say which one
+            line = f'[{name}] {line}'
         with self.lock:
             self.handle.write(line)
             self.handle.flush()
@@ -513,6 +538,77 @@ class _LogSink:
     def close(self):
         with self.lock:
             self.handle.close()
+
+
+class TwoSites:
+    """
+    ``--sites 2``: the patient site in this process's domain, the surgeon site in another.
+
+    Makes the throw-away certificates, claims the second domain and a free port, builds the
+    two launch commands, and keeps the latest ``site_link: link`` status of each side.
+    """
+
+    def __init__(self, out_dir, environ):
+        import socket
+
+        from telesurgery_ros.domain import claim_domain
+        from telesurgery_ros.tools import certs
+
+        self.certs = os.path.join(out_dir, 'certs')
+        certs.create(self.certs, days=2)
+        self.domain_b = int(environ.get('ROS_DOMAIN_ID') or 0)
+        self.domain_a = claim_domain()
+        while self.domain_a == self.domain_b:
+            self.domain_a = claim_domain()
+        with socket.socket() as sock:
+            sock.bind(('127.0.0.1', 0))
+            self.port = sock.getsockname()[1]
+        self.endpoint = f'tls/127.0.0.1:{self.port}'
+        self.env_a = {**environ, 'ROS_DOMAIN_ID': str(self.domain_a),
+                      'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+        self.link = {}                      # side -> {key: value} of its 'site_link: link'
+        self.lock = threading.Lock()
+
+    def launches(self, options):
+        """Return [(name, launch file, arguments, environment)] of the two sites."""
+        share = os.path.join(resources.share_directory(), 'launch')
+        common = ['link:=zenoh', f'link_endpoint:={self.endpoint}', f'certs:={self.certs}',
+                  f'arm:={options.arm}']
+        return [
+            ('patient', os.path.join(share, 'patient_site_launch.yaml'),
+             common + [f'profile:={options.profile}', f'seed:={options.seed}',
+                       f"gui:={'true' if options.gui else 'false'}"], None),
+            ('surgeon', os.path.join(share, 'surgeon_site_launch.yaml'),
+             common + [f'input:={options.input}'], self.env_a),
+        ]
+
+    def on_diagnostics(self, side, msg):
+        for status in msg.status:
+            if status.name.endswith(': link'):
+                with self.lock:
+                    self.link[side] = {'message': status.message,
+                                       **{kv.key: kv.value for kv in status.values}}
+
+    def summary(self):
+        with self.lock:
+            return {side: dict(values) for side, values in self.link.items()}
+
+
+LINK_FIELDS = ('connection', 'peer_identity', 'messages_sent', 'messages_received',
+               'replay_drops', 'refused_peers', 'refused_handshakes', 'peer_losses')
+
+
+def link_text(link):
+    """Return the summary lines of the two links (``--sites 2``)."""
+    lines = []
+    for side in ('surgeon', 'patient'):
+        values = link.get(side)
+        if values is None:
+            lines.append(f'link {side:<8}  no status received')
+            continue
+        lines.append(f'link {side:<8}  ' + ', '.join(
+            f"{key.replace('_', ' ')} {values.get(key, '?')}" for key in LINK_FIELDS))
+    return '\n'.join(lines)
 
 
 def main(argv=None):
@@ -554,53 +650,96 @@ def main(argv=None):
     recorder = McapRecorder(os.path.join(out_dir, 'run.mcap'))
     lock = threading.Lock()
     metrics = RunMetrics(time.time())
-    monitor = make_monitor(options.arm, recorder, metrics, lock)
-    executor = EventsExecutor()
-    executor.add_node(monitor)
+    sites = TwoSites(out_dir, os.environ) if options.sites == 2 else None
     spinning = threading.Event()
     spinning.set()
+    spinners, monitors, contexts = [], [], []
 
-    def spin():
+    def spin(executor, context):
         # spin_once in a loop: EventsExecutor.spin() does not return on shutdown (rclpy 9.1.2)
         try:
-            while spinning.is_set() and rclpy.ok():
+            while spinning.is_set() and rclpy.ok(context=context):
                 executor.spin_once(timeout_sec=0.1)
         except (ExternalShutdownException, ShutdownException):
             pass
 
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+    def add_monitor(monitor, context=None):
+        executor = EventsExecutor(context=context)
+        executor.add_node(monitor)
+        monitors.append(monitor)
+        spinners.append(threading.Thread(target=spin, args=(executor, context), daemon=True))
+        spinners[-1].start()
 
-    launch_file = options.launch_file or os.path.join(resources.share_directory(), 'launch',
-                                                      'teleop_launch.yaml')
-    launch_args = [f'profile:={options.profile}', f'seed:={options.seed}',
-                   f"gui:={'true' if options.gui else 'false'}", f'input:={options.input}',
-                   f'arm:={options.arm}']
+    if sites is None:
+        add_monitor(make_monitor(options.arm, recorder, metrics, lock))
+    else:
+        # One participant in each domain: the console's topics live in A, the rest in B
+        # (A's safety/state and network/stats are the link's copies of B's).
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from telesurgery_ros.rosutil import DIAGNOSTICS_QOS
+        console = {t for t, _type, _role in recorded_topics(options.arm)
+                   if t.startswith(contract.CONSOLE_PREFIX + '/')}
+        patient = {t for t, _type, _role in recorded_topics(options.arm)} - console
+        context_a = rclpy.Context()
+        rclpy.init(args=[], context=context_a, domain_id=sites.domain_a,
+                   signal_handler_options=SignalHandlerOptions.NO)
+        contexts.append(context_a)
+        for side, context, topics in (('patient', None, patient),
+                                      ('surgeon', context_a, console)):
+            monitor = make_monitor(options.arm, recorder, metrics, lock, context=context,
+                                   topics=topics, name=f'demo_monitor_{side}')
+            monitor.create_subscription(
+                DiagnosticArray, contract.DIAGNOSTICS_TOPIC,
+                lambda msg, side=side: sites.on_diagnostics(side, msg), DIAGNOSTICS_QOS)
+            add_monitor(monitor, context)
+
     sink = _LogSink(os.path.join(out_dir, 'launch.log'))
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    if display is not None:
-        env['DISPLAY'] = display.display
-    runner = ManagedProcess('launch', [sys.executable, '-m', 'telesurgery_ros.launch_runner',
-                                       launch_file, *launch_args], env=env, sink=sink)
+    if sites is None:
+        launch_file = options.launch_file or os.path.join(resources.share_directory(),
+                                                          'launch', 'teleop_launch.yaml')
+        launch_args = [f'profile:={options.profile}', f'seed:={options.seed}',
+                       f"gui:={'true' if options.gui else 'false'}", f'input:={options.input}',
+                       f'arm:={options.arm}']
+        launches = [('launch', launch_file, launch_args, None)]
+    else:
+        launches = sites.launches(options)
+    display_env = {} if display is None else {'DISPLAY': display.display}
+    runners = [ManagedProcess(name, [sys.executable, '-m', 'telesurgery_ros.launch_runner',
+                                     path, *arguments],
+                              env={**(env or os.environ), 'PYTHONUNBUFFERED': '1',
+                                   **display_env}, sink=sink)
+               for name, path, arguments, env in launches]
     print(f'[demo] {options.profile}, input {options.input}, seed {options.seed}, '
           f"{'GUI' if options.gui else 'headless'}; recording to {out_dir}/", flush=True)
-    runner.start()
+    if sites is not None:
+        print(f'[demo] two sites: surgeon in ROS_DOMAIN_ID={sites.domain_a}, patient in '
+              f'ROS_DOMAIN_ID={sites.domain_b}, site_link over {sites.endpoint} (mutual TLS, '
+              f'certificates in {sites.certs})', flush=True)
+    for runner in runners:
+        runner.start()
     tty = sys.stdout.isatty()
     ready = False
     node_failures = []
     started = time.monotonic()
     run_start = None
     last_print = 0.0
-    seen = 0
+    seen = [0] * len(runners)
     try:
         while not stop.is_set():
-            if not runner.running():
-                node_failures.append(
-                    f'the launch itself ({describe_returncode(runner.returncode)})')
+            failed = [r for r in runners if not r.running()]
+            if failed:
+                node_failures.extend(
+                    f'the launch itself ({describe_returncode(r.returncode)})'
+                    if len(runners) == 1 else
+                    f'the {r.name} launch ({describe_returncode(r.returncode)})'
+                    for r in failed)
                 break
-            new_lines, seen = runner.lines[seen:], len(runner.lines)
-            exited = [line.split(']')[0].lstrip('[') for line in new_lines
-                      if '] exited: ' in line and 'on its own' in line]
+            exited = []
+            for i, runner in enumerate(runners):
+                new_lines, seen[i] = runner.lines[seen[i]:], len(runner.lines)
+                exited += [line.split(']')[0].lstrip('[') for line in new_lines
+                           if '] exited: ' in line and 'on its own' in line]
             if exited:
                 node_failures.extend(exited)
                 break
@@ -637,11 +776,18 @@ def main(argv=None):
         if signals:
             print(f'[demo] {signal.Signals(signals[0]).name}: stopping', flush=True)
     finally:
-        runner.stop(sigint_timeout=20.0, sigterm_timeout=5.0)
-        exits = [line.rstrip() for line in runner.lines if '] exited: ' in line]
+        link_at_end = sites.summary() if sites is not None else None   # before the stop
+        for runner in runners:
+            runner.stop(sigint_timeout=20.0, sigterm_timeout=5.0)
+        exits = [line.rstrip() for runner in runners for line in runner.lines
+                 if '] exited: ' in line]
         spinning.clear()
-        spinner.join(timeout=5.0)
-        monitor.destroy_node()
+        for spinner in spinners:
+            spinner.join(timeout=5.0)
+        for monitor in monitors:
+            monitor.destroy_node()
+        for context in contexts:
+            rclpy.try_shutdown(context=context)
         rclpy.try_shutdown()
         recorder.close()
         sink.close()
@@ -669,9 +815,15 @@ def main(argv=None):
         'node_exits': exits,
         'files': {'mcap': 'run.mcap', 'log': 'launch.log', 'plots': plots},
     }
+    if sites is not None:
+        report['sites'] = {'surgeon_domain': sites.domain_a, 'patient_domain': sites.domain_b,
+                           'endpoint': sites.endpoint, 'certs': sites.certs}
+        report['link'] = link_at_end
     with open(os.path.join(out_dir, 'report.json'), 'w') as handle:
         json.dump(_finite(report), handle, indent=2)
     print(summary_text(summary, reasons, out_dir, gui=options.gui), flush=True)
+    if sites is not None:
+        print(link_text(report['link']), flush=True)
     return 0 if not reasons else 1
 
 

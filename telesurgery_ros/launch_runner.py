@@ -11,6 +11,7 @@ file, line and tag named:
   name, namespace, param [``from:`` file or ``name``/``value``], remap [from/to], output,
   args), ``include`` (file, arg [name/value]), ``group`` (a list of children, or ``children:``)
   with ``push-ros-namespace`` / ``push_ros_namespace`` (namespace), ``set_env`` (name, value);
+  an ``arg`` may list its valid values, ``choice: [{value: A}, {value: B}]``, as launch does;
 - conditions: ``if:`` / ``unless:`` on every tag, true for ``true``/``1`` and false for
   ``false``/``0`` (any case), anything else refused, as ``launch`` does;
 - substitutions: ``$(var NAME)``, ``$(find-pkg-share PKG)``, ``$(env NAME [DEFAULT])``,
@@ -157,7 +158,7 @@ class _Scope:
 
 
 _ALLOWED_KEYS = {
-    'arg': ({'name'}, {'default', 'description'}),
+    'arg': ({'name'}, {'default', 'description', 'choice'}),
     'let': ({'name', 'value'}, set()),
     'node': ({'pkg', 'exec'}, {'name', 'namespace', 'param', 'remap', 'output', 'args'}),
     'include': ({'file'}, {'arg'}),
@@ -272,6 +273,7 @@ class Interpreter:
             raise LaunchFileError(scope.path, line, f'invalid argument name {name!r}')
         default = self._text(body, 'default', scope, line) if 'default' in body else None
         description = body.get('description', '')
+        choices = self._choices(body, scope, line)
         self.result.arguments.append((name, default, description, scope.path))
         if name not in scope.configs:
             if default is None:
@@ -279,6 +281,21 @@ class Interpreter:
                     scope.path, line, f"launch argument '{name}' is required and was not given"
                     f' (pass {name}:=VALUE)')
             scope.configs[name] = default
+        if choices and scope.configs[name] not in choices:
+            raise LaunchFileError(
+                scope.path, line, f"launch argument '{name}' must be one of "
+                f"{', '.join(choices)}, got {scope.configs[name]!r}")
+
+    def _choices(self, body, scope, line):
+        """Return the ``choice: [{value: A}, ...]`` of an ``arg`` (launch's choices)."""
+        items = body.get('choice')
+        if items is None:
+            return []
+        if not isinstance(items, list) or not items or not all(
+                isinstance(i, dict) and set(i) == {'value'} and isinstance(i['value'], str)
+                for i in items):
+            raise LaunchFileError(scope.path, line, "'choice' must be a list of {value: TEXT}")
+        return [i['value'] for i in items]
 
     def _let(self, body, scope, line):
         scope.configs[body['name']] = self._text(body, 'value', scope, line)

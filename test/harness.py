@@ -87,12 +87,12 @@ class Probe(Node):
     It spins in a background thread, so tests can simply wait on conditions.
     """
 
-    def __init__(self, name='test_probe'):
-        super().__init__(name)
+    def __init__(self, name='test_probe', context=None):
+        super().__init__(name, context=context)
         self.received = {}
         self._service_clients = {}
         self._lock = threading.Lock()
-        self._executor = SingleThreadedExecutor()
+        self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self)
         self._thread = threading.Thread(target=self._executor.spin, daemon=True)
         self._thread.start()

@@ -17,6 +17,8 @@ MODULE_KEYS = {
     'mcap': 'python3-mcap',
     'mcap_ros2': 'python3-mcap',
     'PIL': 'python3-pil',
+    'cryptography': 'python3-cryptography',
+    'zenoh': 'python3-eclipse-zenoh',
 }
 
 

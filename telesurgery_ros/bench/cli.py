@@ -4,7 +4,7 @@ The ``telesurgery-bench`` command: run benchmark suites, or print the README sec
 ``telesurgery-bench SUITE`` runs a benchmark suite; ``telesurgery-bench report DIR`` prints
 the README performance section generated from a results directory.
 
-Suites: latency, relay-accuracy, control-loop, tracking, scale, safety-soak, all.
+Suites: latency, relay-accuracy, control-loop, tracking, scale, safety-soak, link, all.
 ``all`` runs every suite but safety-soak (under 10 minutes on 2 cores). ``--quick`` runs each
 measurement for a couple of seconds: for smoke tests, not for figures.
 """
@@ -30,6 +30,7 @@ SUITES = {
     'tracking': 'telesurgery_ros.bench.tracking',
     'scale': 'telesurgery_ros.bench.scale',
     'safety-soak': 'telesurgery_ros.bench.safety_soak',
+    'link': 'telesurgery_ros.bench.link',
 }
 ALL = ('latency', 'relay-accuracy', 'control-loop', 'tracking', 'scale')
 

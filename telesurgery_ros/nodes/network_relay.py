@@ -19,44 +19,25 @@ on ``network/stats`` and ``/diagnostics``.
 """
 from dataclasses import dataclass, field
 import importlib
-import itertools
-import math
 import sys
-import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import SetBool
 
-from telesurgery_ros.core import profiles as netprofiles
 from telesurgery_ros.core.contract import (
     arm_topics, BACKWARD_ROLES, BLACKOUT_SERVICE, console_topic, DEFAULT_ARM,
     DIAGNOSTICS_TOPIC, FORWARD_ROLES, NETWORK_STATS_TOPIC)
-from telesurgery_ros.core.netem import Link, LinkStats, make_rng
 from telesurgery_ros.core.params import ConfigError, Param
 from telesurgery_ros.core.scheduler import ReleaseScheduler
+from telesurgery_ros.emulation import DIRECTIONS, Emulation, PARAMETERS as EMULATION
 from telesurgery_ros.rosutil import (
-    declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS, run_node)
+    declare_parameters, diagnostic_array, DIAGNOSTICS_QOS, run_node)
 
-DIRECTIONS = netprofiles.DIRECTIONS
 _PAIRS_HELP = ("'input>output' topic pairs separated by ';'; empty = the arm's")
 
-PARAMETERS = (
-    Param('profile', 'rome_beijing_2024', 'named network profile (profiles_file)'),
-    Param('overrides', '', "per-field overrides of the profile, '<direction>.<field>=<value>' "
-          "separated by ';', direction forward, backward or both, e.g. "
-          "'forward.delay=0.05; both.loss.model=random; both.loss.p=0.01'"),
-    Param('seed', 0, 'seed of the random impairments (same seed + same input = same fates)',
-          low=0, high=2 ** 31 - 1),
-    Param('blackout', False, 'cut both directions now; messages in flight are dropped'),
-    Param('stats_rate', 2.0, 'rate of network/stats and /diagnostics', 'Hz', low=0.1,
-          high=50.0),
-    Param('stats_window', 500, 'recent messages per direction behind the delay percentiles '
-          'and loss_ratio', 'messages', low=10, high=100000, read_only=True),
-    Param('profiles_file', '', 'YAML file of named profiles; empty = the package '
-          'config/network_profiles.yaml', read_only=True),
+PARAMETERS = EMULATION + (
     Param('arm', DEFAULT_ARM, 'arm namespace of the default topic pairs', read_only=True),
     Param('forward_topics', '', 'console -> patient ' + _PAIRS_HELP + ' command topics',
           read_only=True),
@@ -147,7 +128,6 @@ class Pair:
     publisher: object = None
     announced: bool = False
     extra: dict = field(default_factory=dict)
-    seq: object = field(default_factory=itertools.count)     # input index, per topic
 
 
 class NetworkRelay(Node):
@@ -158,13 +138,11 @@ class NetworkRelay(Node):
         # The release thread must get the GIL soon after its wake-up time: a 0.5 ms switch
         # interval (Python's default is 5 ms) bounds how long the executor thread can hold it.
         sys.setswitchinterval(0.0005)
-        self._profiles_cache = {}
-        self._links = {}
+        self.emulation = Emulation(self)
         self.config = declare_parameters(self, PARAMETERS, on_change=self._on_change,
                                          cross_check=self._cross_check)
         cfg = self.config
-        self._stats = {d: LinkStats(cfg.stats_window) for d in DIRECTIONS}
-        self._apply_profile(cfg, reason='start')
+        self.emulation.start(cfg)
         self.pairs = []
         for direction in DIRECTIONS:
             text = getattr(cfg, f'{direction}_topics')
@@ -173,6 +151,7 @@ class NetworkRelay(Node):
                 self.pairs.append(Pair(direction, src, dst))
         self._scheduler = ReleaseScheduler(self._publish, on_error=self._publish_failed,
                                            priority=cfg.realtime_priority).start()
+        self.emulation.scheduler = self._scheduler
         schedule = self._scheduler.schedule
         if cfg.realtime_priority > 0 and not schedule.realtime:
             self.get_logger().warning(
@@ -184,7 +163,7 @@ class NetworkRelay(Node):
                                                 DIAGNOSTICS_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC,
                                                DIAGNOSTICS_QOS)
-        self.create_service(SetBool, BLACKOUT_SERVICE, self._on_blackout_service)
+        self.create_service(SetBool, BLACKOUT_SERVICE, self.emulation.on_blackout_service)
         self._stats_timer = self.create_timer(1.0 / cfg.stats_rate, self._publish_stats)
         self._discovery_timer = self.create_timer(cfg.discovery_period, self._discover)
         for pair in self.pairs:
@@ -193,69 +172,23 @@ class NetworkRelay(Node):
 
     # --- configuration ------------------------------------------------------------------
 
-    def _profiles(self, path):
-        if path not in self._profiles_cache:
-            self._profiles_cache[path] = netprofiles.load_profiles(
-                path or netprofiles.default_profiles_path())
-        return self._profiles_cache[path]
-
     def _cross_check(self, cfg):
+        problems = self.emulation.check(cfg)
+        if problems:
+            return problems
         try:
-            netprofiles.resolve(self._profiles(cfg.profiles_file), cfg.profile, cfg.overrides)
             for direction in DIRECTIONS:
                 parse_pairs(getattr(cfg, f'{direction}_topics'), f'{direction}_topics')
         except ConfigError as exc:
             return exc.problems
-        except FileNotFoundError as exc:
-            return [f"parameter 'profiles_file': {exc}"]
         return []
 
-    def _apply_profile(self, cfg, reason):
-        resolved = netprofiles.resolve(self._profiles(cfg.profiles_file), cfg.profile,
-                                       cfg.overrides)
-        now = time.monotonic()
-        self._resolved = resolved
-        self._links = {d: Link(resolved.link(d), make_rng(cfg.seed, i), start=now)
-                       for i, d in enumerate(DIRECTIONS)}
-        for link in self._links.values():
-            link.blackout = cfg.blackout
-        extra = f' (overrides: {cfg.overrides})' if cfg.overrides.strip() else ''
-        self.get_logger().info(
-            f"{reason}: profile '{resolved.name}'{extra}, seed {cfg.seed}: "
-            + '; '.join(f'{d}: {netprofiles.summary(resolved.link(d))}' for d in DIRECTIONS))
-
     def _on_change(self, cfg, names):
-        if {'profile', 'overrides', 'seed'} & set(names):
-            self._apply_profile(cfg, reason='network changed')
-        if 'blackout' in names:
-            self._set_blackout(cfg.blackout)
+        self.emulation.on_change(cfg, names)
         if 'stats_rate' in names:
             self._stats_timer.cancel()
             self.destroy_timer(self._stats_timer)
             self._stats_timer = self.create_timer(1.0 / cfg.stats_rate, self._publish_stats)
-
-    def _set_blackout(self, on):
-        for link in self._links.values():
-            link.blackout = on
-        if on:
-            dropped = self._scheduler.discard(lambda key, item: True)
-            for direction in DIRECTIONS:
-                count = sum(1 for key, _item in dropped if key == direction)
-                if count:
-                    self._stats[direction].dropped_in_flight(count, 'outage')
-            self.get_logger().warning(
-                f'blackout ON: both directions cut, {len(dropped)} message(s) in flight '
-                'dropped')
-        else:
-            self.get_logger().info('blackout OFF: link restored')
-
-    def _on_blackout_service(self, request, response):
-        result = self.set_parameters([Parameter('blackout', Parameter.Type.BOOL,
-                                                bool(request.data))])[0]
-        response.success = result.successful
-        response.message = ('blackout on' if request.data else 'blackout off') \
-            if result.successful else result.reason
-        return response
 
     # --- discovery ------------------------------------------------------------------------
 
@@ -312,18 +245,12 @@ class NetworkRelay(Node):
     # --- the data path --------------------------------------------------------------------
 
     def _on_message(self, pair, data):
-        now = time.monotonic()
-        direction = pair.direction
-        fate = self._links[direction].process(now, len(data))
-        self._stats[direction].arrived(fate)
-        seq = next(pair.seq)
-        for release in fate.releases:
-            self._scheduler.submit(release, (pair, data, now, seq), key=direction)
+        self.emulation.submit(pair.direction, (pair, data), len(data), pair.source)
 
     def _publish(self, item):
-        pair, data, arrival, seq = item
+        pair, data = item[0]
         pair.publisher.publish(data)
-        self._stats[pair.direction].released(seq, time.monotonic() - arrival, pair.source)
+        self.emulation.released(item)
 
     def _publish_failed(self, exc):
         self.get_logger().error(f'publish failed: {exc}', throttle_duration_sec=5.0)
@@ -332,39 +259,10 @@ class NetworkRelay(Node):
 
     def stats_statuses(self):
         """Return one DiagnosticStatus per direction (also used by the tests)."""
-        now = time.monotonic()
-        statuses = []
-        for direction in DIRECTIONS:
-            link = self._links[direction]
-            snap = self._stats[direction].snapshot()
-            outage = link.in_outage(now)
-            values = dict(snap)
-            values['queue_depth'] = self._scheduler.pending.get(direction, 0)
-            values['bottleneck_depth'] = link.queue_depth(now)
-            values['configured_delay_ms'] = link.base_delay(now) * 1e3
-            values['profile'] = self._resolved.name
-            values['preserve_order'] = link.config.preserve_order
-            values['scheduling'] = self._scheduler.schedule.describe()
-            values['blackout'] = link.blackout
-            values['outage'] = outage
-            values['topics'] = ', '.join(
-                f'{p.source}>{p.target}' + (
-                    '' if p.subscription else ' (no subscriber)' if p.publisher else
-                    ' (waiting)')
-                for p in self.pairs if p.direction == direction)
-            if link.blackout:
-                level, message = 'WARN', 'blackout'
-            elif outage:
-                level, message = 'WARN', 'outage'
-            else:
-                p50 = snap['delay_p50_ms']
-                level = 'OK'
-                message = (f'{self._resolved.name}: p50 {p50:.1f} ms, loss '
-                           f"{100.0 * snap['loss_ratio']:.1f} %"
-                           if math.isfinite(p50) else f'{self._resolved.name}: no traffic')
-            statuses.append(diagnostic_status(f'network_relay: {direction}', 'network_relay',
-                                              level, message, values))
-        return statuses
+        return [self.emulation.status(direction, 'network_relay', {'topics': ', '.join(
+            f'{p.source}>{p.target}' + (
+                '' if p.subscription else ' (no subscriber)' if p.publisher else ' (waiting)')
+            for p in self.pairs if p.direction == direction)}) for direction in DIRECTIONS]
 
     def _publish_stats(self):
         msg = diagnostic_array(self, self.stats_statuses())
