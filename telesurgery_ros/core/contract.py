@@ -32,8 +32,9 @@ def console_topic(topic):
 FORWARD_ROLES = ('servo_cp', 'jaw_servo_jp')
 BACKWARD_ROLES = ('measured_cp', 'setpoint_cp', 'measured_cf', 'measured_js')
 
+
 def predicted_topic(arm=DEFAULT_ARM):
-    """The console's predicted arm pose (``console/<arm>/predicted_cp``, PoseStamped)."""
+    """Return the console's predicted arm pose topic (``console/<arm>/predicted_cp``)."""
     return console_topic(f'{arm}/predicted_cp')
 
 
