@@ -12,7 +12,10 @@ and at the end a summary and ``report.json`` + PNG plots:
 - tracking error: each patient-side ``measured_cp`` against the patient-side ``servo_cp``
   command most recently received before it, counted while the safety state is NOMINAL;
 - messages dropped: the ``dropped_*`` counters of ``network/stats``, both directions;
-- safety events: the transitions of ``safety/state``.
+- safety events: the transitions of ``safety/state``;
+- prediction: e_pred of the console's ghost (``predicted_cp``) and e_delayed of the delayed
+  view, against the arm when each command arrived (:mod:`telesurgery_ros.prediction_analysis`,
+  from the recording).
 
 The run is *sound* (exit code 0) when the stack came up, the arm followed (tracking error
 RMS within ``--max-tracking-rms``), round trips were measured, no ESTOP occurred and no node
@@ -30,7 +33,7 @@ import time
 
 import numpy as np
 
-from telesurgery_ros import resources
+from telesurgery_ros import prediction_analysis, resources
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
 from telesurgery_ros.core.rtt import RttMonitor
@@ -59,6 +62,7 @@ def recorded_topics(arm=contract.DEFAULT_ARM):
         (console(patient['setpoint_cp']), POSE, 'echo'),
         (patient['measured_cp'], POSE, 'measured'),
         (console(patient['measured_cp']), POSE, None),
+        (contract.predicted_topic(arm), POSE, None),
         (patient['measured_cf'], WRENCH, None),
         (patient['measured_js'], JOINTS, None),
         (contract.SAFETY_STATE_TOPIC, STRING, 'safety'),
@@ -225,6 +229,7 @@ def summary_text(summary, reasons, out_dir):
                              f"RMS {track['rms_m'] * 1e3:.2f} mm, max "
                              f"{track['max_m'] * 1e3:.2f} mm ({track['samples']} samples, "
                              'NOMINAL only)'),
+        *(prediction_analysis.text_lines(summary) if 'prediction' in summary else []),
         'dropped        ' + ', '.join(f'{k} {v}' for k, v in
                                       summary['messages_dropped'].items()),
         f"safety events  {len(summary['safety_events'])}: " + (', '.join(
@@ -541,8 +546,11 @@ def main(argv=None):
 
     with lock:
         summary = metrics.summary()
+    predicted, predicted_plots = prediction_analysis.demo_figures(
+        os.path.join(out_dir, 'run.mcap'), options.arm, out_dir)
+    summary.update(predicted)
     reasons = verdict(summary, node_failures, ready, options.max_tracking_rms)
-    plots = write_plots(metrics, out_dir)
+    plots = write_plots(metrics, out_dir) + predicted_plots
     report = {
         'profile': options.profile, 'seed': options.seed, 'input': options.input,
         'arm': options.arm, 'duration_s': round(time.monotonic() - run_start, 2)
