@@ -18,8 +18,8 @@ from telesurgery_ros.core.contract import SafetyState, SafetyStatus
 from telesurgery_ros.core.input_sources import smoothstep, TrajectoryInput
 from telesurgery_ros.core.kinematics import PsmKinematics
 from telesurgery_ros.core.predictor import (
-    FROZEN, PREDICTING, Prediction, Predictor, PredictorConfig, STALE,
-    UNCORRECTED, WAITING)
+    FROZEN, PREDICTING, Prediction, Predictor, PredictorConfig, STALE, STALLED, UNCORRECTED,
+    WAITING)
 from telesurgery_ros.core.teleop import quat_multiply, quat_normalize
 
 KIN = PsmKinematics()
@@ -61,9 +61,10 @@ class World:
     Console -> forward delay -> slave (1 kHz) -> arm -> backward delay -> console.
 
     ``wall_x``: the arm cannot pass this x (m), a contact the model does not know; pressed on
-    it, the measured force is 20 N along -x. Events run in time order; the predictor gets the
-    commands when they are made, the measured poses and forces when they arrive, the round
-    trip ``forward + backward``.
+    it, the measured force is 20 N along -x. ``stall``: (from, to) patient times in which the
+    slave executes nothing and its arm stands still (a stalled process). Events run in time
+    order; the predictor gets the commands when they are made, the echoes of executed commands,
+    the measured poses and forces when they arrive, the round trip ``forward + backward``.
     """
 
     def __init__(self, predictor, forward=0.0, backward=0.0, wall_x=None, rtt_known=True):
@@ -79,6 +80,7 @@ class World:
         self.predictions = []          # (console time, Prediction)
         self.feedback_cut = None       # (from, to) console times with no feedback
         self.delivered = []            # (console time, measured position) given the predictor
+        self.stall = None
 
     def force(self):
         setpoint = KIN.fk(self.slave.follower.position[:6])[0]
@@ -124,12 +126,18 @@ class World:
                 pred.on_command(*payload)
             elif kind == 'arrive':
                 stamp, p, q = payload
-                slave.command_pose(stamp, p, q, now)
+                if self.stalled(now):
+                    continue
+                if slave.command_pose(stamp, p, q, now).executed:
+                    heapq.heappush(events, (now + self.backward, 2, 1, 'echo', stamp))
+            elif kind == 'echo':
+                pred.on_echo(payload, now)
             elif kind == 'safety':
                 slave.on_safety(payload, now)      # the watchdog is beside the slave ...
                 pred.on_safety(payload, now)       # ... and heard at once on one machine
             elif kind == 'step':
-                slave.update(now, DT, slave.follower.position)
+                if not self.stalled(now):
+                    slave.update(now, DT, slave.follower.position)
                 self.arm.append((now, self.arm_position()))
             elif kind == 'publish':
                 position = self.arm_position()
@@ -146,6 +154,9 @@ class World:
             elif kind == 'predict':
                 self.predictions.append((now, pred.predict(now)))
         return self
+
+    def stalled(self, t):
+        return self.stall is not None and self.stall[0] <= t < self.stall[1]
 
     def arm_at(self, t):
         """Return the arm position at patient time ``t`` (held between the 1 kHz steps)."""
@@ -328,3 +339,32 @@ def test_contact_force_keeps_the_prediction_on_the_surface():
     assert contacts == 1
     assert with_model < 2e-4
     assert plain > 0.002
+
+
+def test_a_stalled_slave_stops_the_prediction_where_the_arm_stopped():
+    """The slave executes nothing for 0.6 s: no echo, so the ghost stops with the arm."""
+    forward = backward = 0.06
+    rtt = forward + backward
+    timeout = 0.1
+    predictor = Predictor(HOME, config=PredictorConfig(echo_timeout=timeout))
+    world = World(predictor, forward, backward)
+    world.stall = (1.5, 2.1)
+    world.run(trajectory('circle', 3.5), 3.5)
+    states = [(t, p.state) for t, p in world.predictions]
+    stalled = [t for t, state in states if state == STALLED]
+    frozen_arm = world.arm_at(1.8)
+    # The last command the slave executed was sent at 1.5 - forward; it is echoed at
+    # 1.5 + backward; the next one is overdue one round trip plus the timeout after it was sent.
+    expected = 1.5 - forward + rtt + timeout
+    errors = world.prediction_errors()
+    during = errors[(errors[:, 0] > stalled[0] + 0.02) & (errors[:, 0] < 2.1 - forward), 1]
+    ghost = [p.position for t, p in world.predictions if stalled[0] < t < stalled[-1]]
+    offset = float(np.linalg.norm(ghost[-1] - frozen_arm))
+    print(f'slave stalled 1.5-2.1 s: ghost stalled from {stalled[0]:.3f} s (expected '
+          f'{expected:.3f} s) to {stalled[-1]:.3f} s, {offset * 1e6:.1f} um from the arm; '
+          f'e_pred max {during.max() * 1e3:.3f} mm while stalled')
+    assert predictor.stalls == 1
+    assert expected - 0.01 <= stalled[0] <= expected + 0.01
+    assert offset < 5e-5
+    assert during.max() < 2e-4
+    assert all(state == PREDICTING for t, state in states if t > 2.1 + rtt + 0.5)

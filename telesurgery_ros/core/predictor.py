@@ -27,15 +27,20 @@ arm froze (the model is rewound by the forward delay, taken as half the round tr
 state reaches the console at once on one machine) and the commands are ignored, exactly as the
 slave ignores them; DEGRADED slows the model as it slows the slave. With no measured pose for
 longer than ``feedback_timeout`` the prediction is the last measured pose, marked stale.
+The echoes (``setpoint_cp`` carries the stamp of each command the slave executed) show what the
+arm did: a command not echoed within the round trip plus ``echo_timeout`` means the arm stopped
+executing commands (a slave that holds on its own, or stalls); the model then freezes where it
+was when the last echoed command reached the arm, and follows again with the next echo.
 
 Pure logic: every time is passed in (seconds on the console clock).
 """
+import collections
 from dataclasses import dataclass
 import math
 
 import numpy as np
 
-from telesurgery_ros.core import kinematics
+from telesurgery_ros.core import contract, kinematics
 from telesurgery_ros.core.arm_control import ArmController, ControlConfig
 from telesurgery_ros.core.teleop import quat_conjugate, quat_multiply, quat_normalize
 
@@ -44,8 +49,9 @@ WAITING = 'waiting'            # no measured pose yet: the model alone, nothing 
 UNCORRECTED = 'uncorrected'    # no round trip measured yet: the model alone
 PREDICTING = 'predicting'      # the model, Smith-corrected
 FROZEN = 'frozen'              # HOLD/ESTOP as last heard: the arm is frozen
+STALLED = 'stalled'            # commands no longer echoed: the arm stopped executing them
 STALE = 'stale'                # no measured pose for feedback_timeout: the last one
-STATES = (WAITING, UNCORRECTED, PREDICTING, FROZEN, STALE)
+STATES = (WAITING, UNCORRECTED, PREDICTING, FROZEN, STALLED, STALE)
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
 
@@ -61,6 +67,7 @@ class PredictorConfig:
     reseed_distance: float = 0.001        # m, first measured pose this far off: restart there
     max_catch_up: float = 1.0             # s, longer gaps in the model clock are skipped
     contact_force: float = 0.5            # N, measured force that means contact (0: ignore)
+    echo_timeout: float = 0.1             # s beyond the round trip with no echo: stalled (0: off)
 
 
 def model_control_config(require_safety=True):
@@ -108,6 +115,12 @@ class Predictor:
         self.holding = bool(self.arm.hold_cause(0.0))
         self.contact = None           # (point, normal) of the surface the arm is pressed on
         self.contacts = 0
+        self.heard = None             # last safety state heard
+        self.echo_stamp = None        # newest command stamp the slave echoed
+        self._unechoed = collections.deque()   # stamps of executed commands not echoed yet
+        self.stalled = False
+        self.stalls = 0
+        self._snap = False            # take the next correction at once (after a rewind)
         self.steps = 0
         self.skipped_steps = 0
         self.reseeds = 0
@@ -149,6 +162,20 @@ class Predictor:
             ring[k % size] = tuple(position[:6])
         self._k = k
         self.steps += due
+        self._check_stall(now)
+
+    def _check_stall(self, now):
+        """Stall the model when a command it executed was not echoed in time."""
+        timeout = self.config.echo_timeout
+        if (self.stalled or not self._unechoed or self.rtt is None or timeout <= 0.0
+                or now - self._unechoed[0] <= self.rtt + timeout):
+            return
+        self.stalled = True
+        self.stalls += 1
+        self._unechoed.clear()
+        self._freeze(self.echo_stamp if self.echo_stamp is not None else now)
+        # The slave's hold logic, as the model runs it: commands ignored until released.
+        self.arm.on_safety(contract.SafetyStatus(contract.SafetyState.HOLD, 'stalled'), now)
 
     def joints_at(self, t):
         """Model joints (6) at time ``t``, interpolated; clamped to the history kept."""
@@ -173,18 +200,41 @@ class Predictor:
             self._k = 0
         else:
             self.advance(stamp)
-        return self.arm.command_pose(stamp, position, quaternion, stamp)
+        outcome = self.arm.command_pose(stamp, position, quaternion, stamp)
+        if outcome.executed:
+            self._unechoed.append(stamp)
+        return outcome
+
+    def on_echo(self, stamp, now):
+        """Feed the stamp of a command the slave executed (its setpoint_cp), heard at ``now``."""
+        if self.echo_stamp is not None and stamp <= self.echo_stamp:
+            return
+        self.echo_stamp = stamp
+        unechoed = self._unechoed
+        while unechoed and unechoed[0] <= stamp:
+            unechoed.popleft()
+        if self.stalled:
+            # Executing again: the model follows from where it froze, as the slave does.
+            self.advance(now)
+            self.stalled = False
+            if self.heard is not None:
+                self.arm.on_safety(self.heard, now)
 
     def on_safety(self, status, now):
         """Feed a safety state as heard at ``now``; a new HOLD/ESTOP freezes the model."""
         self.advance(now)
-        if not self.holding and not status.state.allows_motion:
-            self._freeze(now - (0.5 * self.rtt if self.rtt else 0.0))
-        self.arm.on_safety(status, now)
-        self.holding = bool(self.arm.hold_cause(now))
+        self.heard = status
+        if not status.state.allows_motion:
+            self._unechoed.clear()           # holding: no echo is due
+            if not self.holding and not self.stalled:
+                self._freeze(now - (0.5 * self.rtt if self.rtt else 0.0))
+        if not self.stalled or not status.state.allows_motion:
+            self.arm.on_safety(status, now)
+        self.holding = not status.state.allows_motion
 
     def _freeze(self, when):
         """Freeze the model where it was at ``when``, and rewrite its history after that."""
+        self._snap = True
         joints = self.joints_at(when)
         follower = self.arm.follower
         follower.hold(joints + [follower.position[6]])
@@ -232,8 +282,10 @@ class Predictor:
         if raw_q[3] < 0.0:
             raw_q = -raw_q
         tau = self.config.correction_time_constant
-        if self.corrections == 0 or gap > self.config.feedback_timeout or tau <= 0.0:
+        if self.corrections == 0 or gap > self.config.feedback_timeout or tau <= 0.0 or (
+                self._snap):
             alpha = 1.0
+            self._snap = False
         else:
             alpha = 1.0 - math.exp(-max(0.0, gap) / tau)
         delta = raw_p - self.bias_position
@@ -267,6 +319,8 @@ class Predictor:
             return STALE
         if self.holding:
             return FROZEN
+        if self.stalled:
+            return STALLED
         return PREDICTING if self.rtt is not None and self.corrections else UNCORRECTED
 
     def model_pose(self):
@@ -277,13 +331,13 @@ class Predictor:
         """Return the :class:`Prediction` for ``now`` (the model is stepped up to it)."""
         self.advance(now)
         state = self.state(now)
-        if state == STALE or (state == FROZEN and not self.corrections):
+        if state == STALE or (state in (FROZEN, STALLED) and not self.corrections):
             # No feedback, or a frozen arm and no round trip to line the model up with: the
             # last measured pose is the best there is.
             position, quaternion = self.measured
             return Prediction(position.copy(), quaternion.copy(), state)
         position, quaternion = self.model_pose()
-        if state in (PREDICTING, FROZEN):
+        if state in (PREDICTING, FROZEN, STALLED):
             position = position + self.bias_position
             quaternion = quat_normalize(quat_multiply(self.bias_rotation, quaternion))
             if quaternion[3] < 0.0:

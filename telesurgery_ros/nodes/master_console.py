@@ -106,6 +106,9 @@ PARAMETERS = (
           high=1.0),
     Param('prediction.contact_force', 0.5, 'measured contact force from which the ghost stays '
           'on the surface the arm presses on (0 = no contact model)', 'N', low=0.0, high=100.0),
+    Param('prediction.echo_timeout', 0.1, 'a command not echoed (setpoint_cp) within the round '
+          'trip plus this means the arm stopped executing: the ghost stops where it did (0 = '
+          'never)', 's', low=0.0, high=10.0),
     Param('prediction.history', 3.0, 'model poses kept for the correction: the longest round '
           'trip it can correct', 's', low=0.1, high=30.0, read_only=True),
     Param('status_period', 1.0, 'period of the status line in the log when stderr is not a '
@@ -235,7 +238,8 @@ class MasterConsole(Node):
         return PredictorConfig(
             history=cfg.prediction.history, feedback_timeout=cfg.feedback_timeout,
             correction_time_constant=cfg.prediction.correction_time_constant,
-            contact_force=cfg.prediction.contact_force)
+            contact_force=cfg.prediction.contact_force,
+            echo_timeout=cfg.prediction.echo_timeout)
 
     def _make_source(self, cfg):
         if cfg.input == 'trajectory':
@@ -263,7 +267,7 @@ class MasterConsole(Node):
             self.teleop.set_scale(self.scaling.effective)
         if self.predictor is not None and {
                 'feedback_timeout', 'prediction.correction_time_constant',
-                'prediction.contact_force'} & set(names):
+                'prediction.contact_force', 'prediction.echo_timeout'} & set(names):
             self.predictor.config = self._predictor_config(config)
         if 'jaw_rate' in names:
             self.teleop.jaw_rate = config.jaw_rate
@@ -381,8 +385,14 @@ class MasterConsole(Node):
                 self._prediction_cost += time.perf_counter() - started
 
     def _on_setpoint(self, msg):
-        now = self.get_clock().now().nanoseconds * 1e-9
-        self.rtt.on_echo(stamp_to_sec(msg.header.stamp), now)
+        now_ns = self.get_clock().now().nanoseconds
+        self.rtt.on_echo(stamp_to_sec(msg.header.stamp), now_ns * 1e-9)
+        if self.predictor is not None:
+            started = time.perf_counter()
+            stamp = msg.header.stamp
+            self.predictor.on_echo(self._console_time(stamp.sec * 1_000_000_000 + stamp.nanosec),
+                                   self._console_time(now_ns))
+            self._prediction_cost += time.perf_counter() - started
         position, orientation = pose_to_arrays(msg.pose)
         if _finite(position, orientation):
             self.feedback.on_setpoint(position, orientation)
@@ -448,6 +458,7 @@ class MasterConsole(Node):
             'prediction_ahead_of_measured_mm': error * 1e3,
             'prediction_contact': predictor.contact is not None,
             'prediction_contacts': predictor.contacts,
+            'prediction_stalls': predictor.stalls,
             'prediction_model_steps': predictor.steps,
             'prediction_skipped_steps': predictor.skipped_steps,
         })
