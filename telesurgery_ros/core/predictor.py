@@ -118,6 +118,7 @@ class Predictor:
         self.heard = None             # last safety state heard
         self.echo_stamp = None        # newest command stamp the slave echoed
         self._unechoed = collections.deque()   # stamps of executed commands not echoed yet
+        self._commands = collections.deque(maxlen=self._size)   # the console's, for replays
         self.stalled = False
         self.stalls = 0
         self._snap = False            # take the next correction at once (after a rewind)
@@ -200,6 +201,12 @@ class Predictor:
             self._k = 0
         else:
             self.advance(stamp)
+        self._commands.append((stamp, position, quaternion))
+        if self.stalled:
+            return None                      # the arm executes nothing: neither does the model
+        return self._execute(stamp, position, quaternion)
+
+    def _execute(self, stamp, position, quaternion):
         outcome = self.arm.command_pose(stamp, position, quaternion, stamp)
         if outcome.executed:
             self._unechoed.append(stamp)
@@ -214,11 +221,31 @@ class Predictor:
         while unechoed and unechoed[0] <= stamp:
             unechoed.popleft()
         if self.stalled:
-            # Executing again: the model follows from where it froze, as the slave does.
+            self._resume(stamp, now)
+
+    def _resume(self, stamp, now):
+        """
+        Resume the model: the arm executes again, from the command stamped ``stamp``.
+
+        The model goes back to that command's time (it was frozen since before it) and runs
+        the console's commands from it again, so it is where the arm is, not a round trip late.
+        """
+        self.stalled = False
+        self._snap = True
+        if self.heard is None or not self.heard.state.allows_motion:
+            self.arm.on_safety(self.heard or contract.SafetyStatus(contract.SafetyState.HOLD),
+                               now)
             self.advance(now)
-            self.stalled = False
-            if self.heard is not None:
-                self.arm.on_safety(self.heard, now)
+            return
+        k = int(math.floor((stamp - self._t0) / self.config.step + 1e-9))
+        self._k = min(self._k, max(k, self._k - self._size + 1))
+        follower = self.arm.follower
+        follower.hold(list(self._ring[self._k % self._size]) + [follower.position[6]])
+        self.arm.on_safety(self.heard, self.time)
+        for command in [c for c in self._commands if c[0] >= stamp]:
+            self.advance(command[0])
+            self._execute(*command)
+        self.advance(now)
 
     def on_safety(self, status, now):
         """Feed a safety state as heard at ``now``; a new HOLD/ESTOP freezes the model."""
