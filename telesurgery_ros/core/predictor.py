@@ -12,7 +12,10 @@ The correction is a Smith predictor's: a measured pose received at console time 
 the arm as the model was one round trip earlier, so ``bias = measured(r) - model(r - rtt)``
 (position; a rotation for the orientation) is what the model got wrong, and the prediction is
 ``model(now) + bias``. A mismatch the model does not know (a tool stopped by contact, motor lag)
-is thereby learned within one round trip. ``rtt`` is the console's measured round trip.
+is thereby learned within one round trip. ``rtt`` is the console's measured round trip. A pose
+that arrives later than usual (its ``now - header.stamp`` above the median of the last ones; a
+constant offset between the two sites' clocks cancels out) is compared with the model that much
+earlier: bursts on the way back do not corrupt the correction.
 
 Contact, as the console observes it: while the measured contact force (``measured_cf``) is at
 least ``contact_force``, the arm is on a surface through the last measured position, normal to
@@ -54,6 +57,9 @@ STALE = 'stale'                # no measured pose for feedback_timeout: the last
 STATES = (WAITING, UNCORRECTED, PREDICTING, FROZEN, STALLED, STALE)
 
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
+LATENCY_WINDOW = 400           # measured poses (2 s at 200 Hz) in the median apparent latency
+LATENCY_REFRESH = 20           # ... recomputed every this many poses
+MAX_LATENESS = 1.0             # s
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,10 @@ class Predictor:
         self.stalled = False
         self.stalls = 0
         self._snap = False            # take the next correction at once (after a rewind)
+        self._measured_stamp = None
+        self._latencies = collections.deque(maxlen=LATENCY_WINDOW)
+        self._latency_median = None
+        self._latency_count = 0
         self.steps = 0
         self.skipped_steps = 0
         self.reseeds = 0
@@ -290,20 +300,35 @@ class Predictor:
         """Set the round trip (s) the correction uses (None: unknown)."""
         self.rtt = None if rtt is None or not math.isfinite(rtt) or rtt < 0 else float(rtt)
 
-    def on_measured(self, position, quaternion, now):
-        """Feed a measured pose received at ``now``: update the correction."""
+    def on_measured(self, position, quaternion, now, stamp=None):
+        """
+        Feed a measured pose received at ``now``: update the correction.
+
+        ``stamp`` (optional) is the pose's header stamp, the time of the arm state, on the
+        patient site's clock (any offset from ours: only its changes count). A pose that took
+        longer than usual to arrive (``now - stamp`` above its median) shows the arm as it was
+        that much earlier, and is compared with the model that much earlier too.
+        """
         position = np.asarray(position, float)
         quaternion = quat_normalize(quaternion)
         first = self.measured is None
-        gap = math.inf if first else now - self.measured_time
+        if first:
+            gap = math.inf
+        elif stamp is not None and self._measured_stamp is not None:
+            gap = stamp - self._measured_stamp      # the arm's own time between the poses
+        else:
+            gap = now - self.measured_time
         self.measured = (position, quaternion)
         self.measured_time = now
         self.advance(now)
         if first:
             self._reseed(position, quaternion)
+        late = 0.0 if stamp is None else self._lateness(now - stamp)
+        if stamp is not None:
+            self._measured_stamp = stamp
         if self.rtt is None:
             return
-        model_p, model_q = self.kin.fk_pose(self.joints_at(now - self.rtt))
+        model_p, model_q = self.kin.fk_pose(self.joints_at(now - self.rtt - late))
         raw_p = position - model_p
         raw_q = quat_multiply(quaternion, quat_conjugate(model_q))
         if raw_q[3] < 0.0:
@@ -323,6 +348,17 @@ class Predictor:
         bias_q = self.bias_rotation + alpha * (raw_q - self.bias_rotation)
         self.bias_rotation = quat_normalize(bias_q)
         self.corrections += 1
+
+    def _lateness(self, latency):
+        """How much later than usual (s) a pose with this apparent latency arrived."""
+        window = self._latencies
+        window.append(latency)
+        self._latency_count += 1
+        if self._latency_median is None or self._latency_count % LATENCY_REFRESH == 0:
+            self._latency_median = float(np.median(np.fromiter(window, float)))
+        late = latency - self._latency_median
+        # A jump of the other site's clock (or garbage) is not a delay: ignore it.
+        return late if abs(late) <= MAX_LATENESS else 0.0
 
     def _reseed(self, position, quaternion):
         """First measured pose far from the model (a console started late): start there."""

@@ -196,7 +196,7 @@ class MasterConsole(Node):
         self._next_rtt_ns = 0
         self._next_prediction_ns = 0
         self._last_tick_ns = None
-        self._prediction_cost = 0.0      # s of CPU (wall) spent in the predictor ...
+        self._prediction_cost = 0.0      # s of CPU (this thread) spent in the predictor ...
         self._cost_window_ns = None      # ... since this time
 
         self.last_stamp_ns = 0
@@ -326,7 +326,7 @@ class MasterConsole(Node):
 
     def _predict(self, command, stamp_ns, t):
         """Feed the model this cycle's command; publish the prediction at prediction.rate."""
-        started = time.perf_counter()
+        started = time.thread_time()
         predictor = self.predictor
         if command is not None:
             predictor.on_command(t, command.position, command.orientation)
@@ -338,7 +338,7 @@ class MasterConsole(Node):
             self.predicted_pub.publish(make_pose_stamped(
                 self.prediction.position, self.prediction.quaternion, self.frame,
                 _time_msg(stamp_ns)))
-        self._prediction_cost += time.perf_counter() - started
+        self._prediction_cost += time.thread_time() - started
 
     def _console_time(self, nanoseconds=None):
         """Seconds since start on the console clock (the predictor's clock)."""
@@ -379,20 +379,22 @@ class MasterConsole(Node):
             self.teleop.set_measured(position, orientation)
             self.feedback.on_measured(position, orientation)
             if self.predictor is not None:
-                started = time.perf_counter()
-                self.predictor.on_measured(position, orientation,
-                                           self._console_time(self.measured_rx_ns))
-                self._prediction_cost += time.perf_counter() - started
+                started = time.thread_time()
+                stamp = msg.header.stamp
+                self.predictor.on_measured(
+                    position, orientation, self._console_time(self.measured_rx_ns),
+                    self._console_time(stamp.sec * 1_000_000_000 + stamp.nanosec))
+                self._prediction_cost += time.thread_time() - started
 
     def _on_setpoint(self, msg):
         now_ns = self.get_clock().now().nanoseconds
         self.rtt.on_echo(stamp_to_sec(msg.header.stamp), now_ns * 1e-9)
         if self.predictor is not None:
-            started = time.perf_counter()
+            started = time.thread_time()
             stamp = msg.header.stamp
             self.predictor.on_echo(self._console_time(stamp.sec * 1_000_000_000 + stamp.nanosec),
                                    self._console_time(now_ns))
-            self._prediction_cost += time.perf_counter() - started
+            self._prediction_cost += time.thread_time() - started
         position, orientation = pose_to_arrays(msg.pose)
         if _finite(position, orientation):
             self.feedback.on_setpoint(position, orientation)
@@ -401,9 +403,9 @@ class MasterConsole(Node):
         f = msg.wrench.force
         self.feedback.on_force((f.x, f.y, f.z))
         if self.predictor is not None:
-            started = time.perf_counter()
+            started = time.thread_time()
             self.predictor.on_force((f.x, f.y, f.z), self._console_time())
-            self._prediction_cost += time.perf_counter() - started
+            self._prediction_cost += time.thread_time() - started
 
     def _on_safety(self, msg):
         try:
