@@ -218,33 +218,44 @@ def row_of(profile, motion, m, result):
 
 
 def plot(rows, path):
-    """e_pred and e_delayed (RMS, p95) vs RTT p50, one line per motion."""
+    """
+    Write a PNG of e_pred and e_delayed (RMS, p95) vs RTT p50 per motion (circle, suture).
+
+    Runs in which the arm could move for less than ``MIN_MOTION_SHARE`` of the window are drawn
+    hollow and labelled with that share (their figures cover a few seconds of motion).
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
-    styles = {'circle': ('o', '-'), 'suture': ('s', '--'), 'press': ('^', ':')}
-    for motion in [m for m in styles if any(r['motion'] == m for r in rows)]:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    lines = {'circle': ('o', '-'), 'suture': ('s', '--')}
+    series = (('e_delayed_rms_mm', 'C1', 'e_delayed RMS'), ('e_pred_rms_mm', 'C0', 'e_pred RMS'),
+              ('e_pred_p95_mm', 'C2', 'e_pred p95'))
+    for motion, (marker, line) in lines.items():
         mine = sorted((r for r in rows if r['motion'] == motion and r['samples']),
                       key=lambda r: r['rtt_ms']['p50'])
-        marker, line = styles[motion]
         x = [r['rtt_ms']['p50'] for r in mine]
-        for key, colour, name in (('e_delayed_rms_mm', 'C1', 'e_delayed RMS'),
-                                  ('e_pred_rms_mm', 'C0', 'e_pred RMS'),
-                                  ('e_pred_p95_mm', 'C2', 'e_pred p95')):
-            ax.plot(x, [r[key] for r in mine], marker=marker, linestyle=line, color=colour,
-                    label=f'{name} ({motion})')
+        for key, colour, name in series:
+            y = [r[key] for r in mine]
+            ax.plot(x, y, linestyle=line, color=colour, label=f'{name} ({motion})')
+            for r, xi, yi in zip(mine, x, y):
+                hollow = r['motion_share'] < MIN_MOTION_SHARE
+                ax.plot([xi], [yi], marker=marker, color=colour,
+                        markerfacecolor='none' if hollow else colour)
     for r in rows:
         if r['motion'] == 'circle' and r['samples']:
-            ax.annotate(r['profile'], (r['rtt_ms']['p50'], r['e_delayed_rms_mm']), fontsize=7,
-                        textcoords='offset points', xytext=(4, 4))
+            text = r['profile'] + ('' if r['motion_share'] >= MIN_MOTION_SHARE else
+                                   f" (moving {r['motion_share']:.0%})")
+            ax.annotate(text, (r['rtt_ms']['p50'], r['e_delayed_rms_mm']), fontsize=7,
+                        textcoords='offset points', xytext=(4, 6))
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('round-trip time p50 seen by the console (ms)')
-    ax.set_ylabel('position error vs the arm when the command arrives (mm)')
-    ax.set_title('Predictive ghost (e_pred) vs delayed view (e_delayed)', fontsize=10)
+    ax.set_ylabel('error vs the arm when the command arrives (mm)')
+    ax.set_title('Predictive ghost (e_pred) vs delayed view (e_delayed)\n'
+                 '(hollow: the arm could move for less than half of the window)', fontsize=10)
     ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=7, loc='upper left', ncol=2)
+    ax.legend(fontsize=7, loc='lower right', ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
