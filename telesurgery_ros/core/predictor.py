@@ -74,6 +74,7 @@ class PredictorConfig:
     max_catch_up: float = 1.0             # s, longer gaps in the model clock are skipped
     contact_force: float = 0.5            # N, measured force that means contact (0: ignore)
     echo_timeout: float = 0.1             # s beyond the round trip with no echo: stalled (0: off)
+    command_decimation: int = 1           # feed the model every n-th command (CPU; 1: all)
 
 
 def model_control_config(require_safety=True):
@@ -132,6 +133,7 @@ class Predictor:
         self._latencies = collections.deque(maxlen=LATENCY_WINDOW)
         self._latency_median = None
         self._latency_count = 0
+        self._fed = 0
         self.steps = 0
         self.skipped_steps = 0
         self.reseeds = 0
@@ -212,8 +214,9 @@ class Predictor:
         else:
             self.advance(stamp)
         self._commands.append((stamp, position, quaternion))
-        if self.stalled:
-            return None                      # the arm executes nothing: neither does the model
+        self._fed += 1
+        if self.stalled or (self._fed - 1) % max(1, self.config.command_decimation):
+            return None                      # stalled: the arm executes nothing, nor the model
         return self._execute(stamp, position, quaternion)
 
     def _execute(self, stamp, position, quaternion):

@@ -109,6 +109,8 @@ PARAMETERS = (
     Param('prediction.echo_timeout', 0.1, 'a command not echoed (setpoint_cp) within the round '
           'trip plus this means the arm stopped executing: the ghost stops where it did (0 = '
           'never)', 's', low=0.0, high=10.0),
+    Param('prediction.command_decimation', 1, 'feed the model every n-th command only (saves '
+          'console CPU; the model then follows a thinner stream than the arm)', low=1, high=10),
     Param('prediction.history', 3.0, 'model poses kept for the correction: the longest round '
           'trip it can correct', 's', low=0.1, high=30.0, read_only=True),
     Param('status_period', 1.0, 'period of the status line in the log when stderr is not a '
@@ -239,7 +241,8 @@ class MasterConsole(Node):
             history=cfg.prediction.history, feedback_timeout=cfg.feedback_timeout,
             correction_time_constant=cfg.prediction.correction_time_constant,
             contact_force=cfg.prediction.contact_force,
-            echo_timeout=cfg.prediction.echo_timeout)
+            echo_timeout=cfg.prediction.echo_timeout,
+            command_decimation=cfg.prediction.command_decimation)
 
     def _make_source(self, cfg):
         if cfg.input == 'trajectory':
@@ -267,7 +270,8 @@ class MasterConsole(Node):
             self.teleop.set_scale(self.scaling.effective)
         if self.predictor is not None and {
                 'feedback_timeout', 'prediction.correction_time_constant',
-                'prediction.contact_force', 'prediction.echo_timeout'} & set(names):
+                'prediction.contact_force', 'prediction.echo_timeout',
+                'prediction.command_decimation'} & set(names):
             self.predictor.config = self._predictor_config(config)
         if 'jaw_rate' in names:
             self.teleop.jaw_rate = config.jaw_rate
