@@ -12,7 +12,10 @@ and at the end a summary and ``report.json`` + PNG plots:
 - tracking error: each patient-side ``measured_cp`` against the patient-side ``servo_cp``
   command most recently received before it, counted while the safety state is NOMINAL;
 - messages dropped: the ``dropped_*`` counters of ``network/stats``, both directions;
-- safety events: the transitions of ``safety/state``.
+- safety events: the transitions of ``safety/state``;
+- prediction: e_pred of the console's ghost (``predicted_cp``) and e_delayed of the delayed
+  view, against the arm when each command arrived (:mod:`telesurgery_ros.prediction_analysis`,
+  from the recording).
 
 The run is *sound* (exit code 0) when the stack came up (commands and feedback flowing, safety
 state NOMINAL or DEGRADED), the arm followed (tracking error RMS within
@@ -42,7 +45,7 @@ import time
 
 import numpy as np
 
-from telesurgery_ros import resources
+from telesurgery_ros import prediction_analysis, resources
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
 from telesurgery_ros.core.rtt import RttMonitor
@@ -72,6 +75,7 @@ def recorded_topics(arm=contract.DEFAULT_ARM):
         (console(patient['setpoint_cp']), POSE, 'echo'),
         (patient['measured_cp'], POSE, 'measured'),
         (console(patient['measured_cp']), POSE, None),
+        (contract.predicted_topic(arm), POSE, None),
         (patient['measured_cf'], WRENCH, None),
         (patient['measured_js'], JOINTS, None),
         (contract.SAFETY_STATE_TOPIC, STRING, 'safety'),
@@ -313,6 +317,7 @@ def summary_text(summary, reasons, out_dir, gui=False):
                              f"RMS {track['rms_m'] * 1e3:.2f} mm, max "
                              f"{track['max_m'] * 1e3:.2f} mm ({track['samples']} samples, "
                              'NOMINAL only)'),
+        *(prediction_analysis.text_lines(summary) if 'prediction' in summary else []),
         'dropped        ' + ', '.join(f'{k} {v}' for k, v in
                                       summary['messages_dropped'].items()),
         'out of order   ' + ('n/a' if summary.get('commands_out_of_order') is None else
@@ -801,9 +806,12 @@ def main(argv=None):
     with lock:
         summary = metrics.summary()
     holds_expected = models_outages(options.profile)
+    predicted, predicted_plots = prediction_analysis.demo_figures(
+        os.path.join(out_dir, 'run.mcap'), options.arm, out_dir)
+    summary.update(predicted)
     reasons = verdict(summary, node_failures, ready, options.max_tracking_rms,
                       allow_hold=holds_expected, min_physics=options.min_physics)
-    plots = write_plots(metrics, out_dir)
+    plots = write_plots(metrics, out_dir) + predicted_plots
     report = {
         'profile': options.profile, 'seed': options.seed, 'input': options.input,
         'gui': options.gui, 'holds_expected': holds_expected,

@@ -6,9 +6,9 @@ import pytest
 
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.teleop import (
-    attenuation_db, FilterConfig, JAW_LIMITS, lowpass_biquad, phase_delay, PoseFilter,
-    quat_angle, quat_conjugate, quat_from_rotvec, quat_multiply, quat_to_rotvec, Teleop,
-    TremorFilter)
+    AdaptiveScale, attenuation_db, FilterConfig, JAW_LIMITS, lowpass_biquad, phase_delay,
+    PoseFilter, quat_angle, quat_conjugate, quat_from_rotvec, quat_multiply, quat_to_rotvec,
+    scale_problems, Teleop, TremorFilter)
 
 RATE = 500.0
 IDENTITY = np.array([0.0, 0.0, 0.0, 1.0])
@@ -229,3 +229,63 @@ def test_hold_command_prefers_the_measured_pose():
 def test_scale_must_be_positive():
     with pytest.raises(ValueError, match='scale'):
         Teleop(scale=0.0)
+
+
+def test_rtt_scale_target_falls_linearly_between_rtt_low_and_rtt_high():
+    policy = AdaptiveScale('rtt', scale=1.0, scale_min=0.4, rtt_low=0.1, rtt_high=0.5)
+    assert policy.target(0.05) == 1.0
+    assert policy.target(0.3) == pytest.approx(0.7)
+    assert policy.target(0.6) == pytest.approx(0.4)
+    assert policy.target(float('nan')) == policy.effective      # unknown: stay
+    assert AdaptiveScale('fixed', 1.0, 0.4).target(0.6) == 1.0
+
+
+def test_rtt_scale_changes_only_when_allowed_and_at_most_at_its_rate():
+    policy = AdaptiveScale('rtt', scale=1.0, scale_min=0.4, rtt_low=0.1, rtt_high=0.5,
+                           rate=0.5)
+    for _ in range(100):                       # moving: the scale stays whatever the RTT
+        assert policy.update(0.002, 0.6, may_change=False) == 1.0
+    scales = [policy.update(0.002, 0.6, may_change=True) for _ in range(1000)]  # 2 s
+    steps = np.abs(np.diff([1.0] + scales))
+    assert steps.max() <= 0.5 * 1.0 * 0.002 + 1e-12
+    assert scales[int(1.2 / 0.002) - 1] == pytest.approx(0.4)     # 0.6 at 0.5/s: 1.2 s
+    assert scales[-1] == pytest.approx(0.4)
+    assert policy.update(0.002, 0.05, may_change=False) == pytest.approx(0.4)
+    fixed = AdaptiveScale('fixed', scale=0.2, scale_min=0.1)
+    assert fixed.update(0.002, 0.6, may_change=True) == 0.2
+
+
+def test_scale_policy_problems_name_the_parameters():
+    assert scale_problems('fixed', 1.0, 5.0, 0.5, 0.1) == []       # unused by fixed
+    problems = scale_problems('rtt', 1.0, 2.0, 0.5, 0.1)
+    assert any('scale_min' in p for p in problems)
+    assert any('rtt_low' in p and 'rtt_high' in p for p in problems)
+    with pytest.raises(ValueError, match='scale_min'):
+        AdaptiveScale('rtt', 1.0, 2.0)
+
+
+def test_the_scale_falls_during_a_clutch_and_the_tool_never_jumps():
+    """Teleop with the rtt policy: the scale moves only while clutched; no command jumps."""
+    teleop = Teleop(scale=1.0, wait_for_arm=False)
+    policy = AdaptiveScale('rtt', scale=1.0, scale_min=0.25, rtt_low=0.1, rtt_high=0.5,
+                           rate=1.0)
+    dt = 0.002
+    positions, scales = [], []
+    for i in range(3000):                      # 6 s: the hand moves 10 mm/s along x
+        t = i * dt
+        clutch = 2.0 <= t < 3.5
+        teleop.set_clutch(clutch)
+        scale = policy.update(dt, 0.6, may_change=teleop.clutch)
+        if scale != teleop.scale:
+            teleop.set_scale(scale)
+        positions.append(run(teleop, t, [0.01 * t, 0, 0]).position.copy())
+        scales.append(teleop.scale)
+    positions = np.array(positions)
+    speed = np.linalg.norm(np.diff(positions, axis=0), axis=1) / dt
+    before = speed[int(1.0 / dt):int(2.0 / dt)].mean()
+    after = speed[int(4.0 / dt):].mean()
+    print(f'tool speed {before * 1e3:.2f} mm/s before the clutch, {after * 1e3:.2f} mm/s '
+          f'after it (scale {scales[-1]:.2f}); fastest step {speed.max() * 1e3:.2f} mm/s')
+    assert scales[int(1.9 / dt)] == 1.0 and scales[-1] == pytest.approx(0.25)
+    assert after == pytest.approx(0.25 * 0.01, rel=1e-3)
+    assert speed.max() <= 0.01 * (1 + 1e-6)           # never faster than the hand: no jump

@@ -4,8 +4,9 @@ The ``telesurgery-bench`` command: run benchmark suites, or print the README sec
 ``telesurgery-bench SUITE`` runs a benchmark suite; ``telesurgery-bench report DIR`` prints
 the README performance section generated from a results directory.
 
-Suites: latency, relay-accuracy, control-loop, tracking, scale, safety-soak, link, all.
-``all`` runs every suite but safety-soak (under 10 minutes on 2 cores). ``--quick`` runs each
+Suites: latency, relay-accuracy, control-loop, tracking, scale, safety-soak, link, prediction,
+hold-reaction, all. ``all`` runs every suite but safety-soak and prediction (under 10 minutes on
+2 cores; the prediction sweep alone takes about 6). ``--quick`` runs each
 measurement for a couple of seconds: for smoke tests, not for figures.
 """
 import argparse
@@ -31,6 +32,7 @@ SUITES = {
     'scale': 'telesurgery_ros.bench.scale',
     'safety-soak': 'telesurgery_ros.bench.safety_soak',
     'link': 'telesurgery_ros.bench.link',
+    'prediction': 'telesurgery_ros.bench.prediction',
 }
 ALL = ('latency', 'relay-accuracy', 'control-loop', 'tracking', 'scale')
 

@@ -11,7 +11,8 @@ import math
 import os
 import shutil
 
-SUITE_ORDER = ('latency', 'relay-accuracy', 'control-loop', 'tracking', 'scale', 'safety-soak')
+SUITE_ORDER = ('latency', 'relay-accuracy', 'control-loop', 'tracking', 'scale', 'safety-soak',
+               'prediction')
 TITLES = {
     'latency': 'Latency: what the stack adds on top of the network',
     'relay-accuracy': 'Relay accuracy: configured vs achieved delay',
@@ -19,6 +20,7 @@ TITLES = {
     'tracking': 'Tracking: tool-tip error vs network profile',
     'scale': 'Scale: 1, 2 and 4 arms in one stack',
     'safety-soak': 'Safety soak: nominal operation under a long-distance profile',
+    'prediction': 'Prediction: the console ghost vs the delayed view, per profile',
 }
 
 

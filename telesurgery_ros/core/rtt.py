@@ -99,12 +99,20 @@ class FeedbackMonitor:
         return pose_error(position, orientation, *self.measured)
 
 
-def status_line(rtt, tracking, force, state, clutch=False):
-    """Format the one-line live status: RTT p50/p99, tracking error, force, safety state."""
+def status_line(rtt, tracking, force, state, clutch=False, scale=None, prediction=None):
+    """
+    Format the one-line live status: RTT p50/p99, tracking error, force, safety state.
+
+    ``scale``: the active motion scaling; ``prediction``: the predictor's state (both shown
+    when given).
+    """
     def ms(value):
         return '  n/a' if math.isnan(value) else f'{value * 1000:5.1f}'
 
     error = '  n/a' if math.isnan(tracking) else f'{tracking * 1000:5.2f}'
     newton = ' n/a' if force is None or math.isnan(force) else f'{force:4.2f}'
     return (f'RTT p50 {ms(rtt["p50"])} ms p99 {ms(rtt["p99"])} ms | tracking {error} mm | '
-            f'force {newton} N | {state}{" | CLUTCH" if clutch else ""}')
+            f'force {newton} N | {state}'
+            + ('' if scale is None else f' | scale {scale:.3g}')
+            + ('' if prediction is None else f' | ghost {prediction}')
+            + (' | CLUTCH' if clutch else ''))

@@ -5,7 +5,10 @@ Publishes ``console/<arm>/servo_cp`` at ``rate``, stamped at sampling time, and
 ``console/<arm>/jaw/servo_jp`` when the jaw command changes (else at ``JAW_KEEPALIVE`` Hz);
 listens to the arm's echoed setpoint (round-trip time), measured pose (tracking
 error, re-alignment), contact force and ``safety/state``; shows a one-line status and the same
-figures on ``/diagnostics``. The logic is in :mod:`telesurgery_ros.core.input_sources`,
+figures on ``/diagnostics``. It also runs a local model of the arm and publishes its
+Smith-corrected prediction on ``console/<arm>/predicted_cp``
+(:mod:`telesurgery_ros.core.predictor`), and with ``scale_policy: rtt`` lowers the motion
+scaling as the round trip grows. The logic is in :mod:`telesurgery_ros.core.input_sources`,
 :mod:`telesurgery_ros.core.teleop` and :mod:`telesurgery_ros.core.rtt`.
 """
 import math
@@ -15,19 +18,22 @@ import time
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, WrenchStamped
+import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import String
 
 from telesurgery_ros import resources, terminal
-from telesurgery_ros.core import contract
+from telesurgery_ros.core import contract, kinematics
 from telesurgery_ros.core.command_check import CommandLimits
 from telesurgery_ros.core.input_sources import (
     JoyInput, JoyMap, KEY_HELP, KeyboardInput, load_replay, ReplayInput, SHAPES,
     TrajectoryInput)
 from telesurgery_ros.core.params import ConfigError, Param
+from telesurgery_ros.core.predictor import Predictor, PredictorConfig
 from telesurgery_ros.core.rtt import FeedbackMonitor, RttMonitor, status_line
-from telesurgery_ros.core.teleop import FilterConfig, PoseFilter, Teleop
+from telesurgery_ros.core.teleop import (
+    AdaptiveScale, FilterConfig, PoseFilter, SCALE_POLICIES, scale_problems, Teleop)
 from telesurgery_ros.rosutil import (
     declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS,
     LATEST_QOS, make_pose_stamped, pose_to_arrays, run_node, SAFETY_QOS, stamp_to_sec,
@@ -42,6 +48,7 @@ TERMINAL_REFRESH = 0.25    # s, live status line on a terminal
 # joiner learns it; a lost sample is repaired): 500 Hz of an unchanged angle cost the relay,
 # the slave and the watchdog a callback each per sample.
 JAW_KEEPALIVE = 10.0       # Hz
+RTT_REFRESH = 0.1          # s, how often the round trip p50 used by predictor and scale is read
 
 PARAMETERS = (
     Param('arm', contract.DEFAULT_ARM, 'arm namespace of the topics', read_only=True),
@@ -51,6 +58,17 @@ PARAMETERS = (
           read_only=True),
     Param('scale', 0.0, 'motion scaling hand -> tool tip (position only); 0 picks the input '
           'default: 0.2 for hand input, 1.0 for scripted input', low=0.0, high=10.0),
+    Param('scale_policy', 'fixed', 'motion scaling: fixed (scale), or rtt (falls from scale at '
+          'rtt_low to scale_min at rtt_high; changes only while clutched or holding)',
+          choices=SCALE_POLICIES),
+    Param('scale_min', 0.0, 'scale_policy rtt: the scale at rtt_high and beyond; 0 = half of the '
+          'scale', low=0.0, high=10.0),
+    Param('rtt_low', 0.1, 'scale_policy rtt: round trip up to which the full scale applies', 's',
+          low=0.0, high=10.0),
+    Param('rtt_high', 0.5, 'scale_policy rtt: round trip from which scale_min applies', 's',
+          low=0.001, high=10.0),
+    Param('scale_rate', 0.5, 'scale_policy rtt: fastest change of the scale, as a fraction of '
+          'scale per second', '1/s', low=0.01, high=100.0),
     Param('clutch', False, 'clutch engaged: the arm holds while the hand is repositioned'),
     Param('tremor_filter.mode', 'auto', 'tremor filter on the hand input; auto = on for hand '
           'input, off for scripted input', choices=('auto', 'on', 'off'), read_only=True),
@@ -105,6 +123,22 @@ PARAMETERS = (
           low=0.01, high=10.0),
     Param('rtt_window', 1000, 'round trips in the rolling p50/p99 window', low=10,
           high=100000, read_only=True),
+    Param('prediction.enabled', True, 'run the local arm model and publish predicted_cp',
+          read_only=True),
+    Param('prediction.rate', 200.0, 'rate of predicted_cp (the slave publishes its feedback at '
+          '200 Hz)', 'Hz', low=1.0, high=1000.0, read_only=True),
+    Param('prediction.correction_time_constant', 0.01, 'low-pass of the Smith correction '
+          '(measured pose vs the model one round trip earlier); 0 = none', 's', low=0.0,
+          high=1.0),
+    Param('prediction.contact_force', 0.5, 'measured contact force from which the ghost stays '
+          'on the surface the arm presses on (0 = no contact model)', 'N', low=0.0, high=100.0),
+    Param('prediction.echo_timeout', 0.1, 'a command not echoed (setpoint_cp) within the round '
+          'trip plus this means the arm stopped executing: the ghost stops where it did (0 = '
+          'never)', 's', low=0.0, high=10.0),
+    Param('prediction.command_decimation', 1, 'feed the model every n-th command only (saves '
+          'console CPU; the model then follows a thinner stream than the arm)', low=1, high=10),
+    Param('prediction.history', 3.0, 'model poses kept for the correction: the longest round '
+          'trip it can correct', 's', low=0.1, high=30.0, read_only=True),
     Param('status_period', 1.0, 'period of the status line in the log when stderr is not a '
           'terminal', 's', low=0.1, high=60.0),
     Param('diagnostics_period', 1.0, 'period of the /diagnostics status', 's', low=0.05,
@@ -112,10 +146,23 @@ PARAMETERS = (
 )
 
 
+def base_scale(config):
+    """Return the configured scale (``scale: 0`` picks the input's default)."""
+    return config.scale or DEFAULT_SCALE['hand' if config.input in HAND_INPUTS else 'scripted']
+
+
+def min_scale(config):
+    """Return the scale at ``rtt_high`` (``scale_min: 0`` is half of the scale)."""
+    return config.scale_min or 0.5 * base_scale(config)
+
+
 def cross_check(config):
     """Problems that involve several parameters."""
     problems = FilterConfig(config.tremor_filter.notch_frequency, config.tremor_filter.notch_q,
                             config.tremor_filter.cutoff).problems(config.rate)
+    problems += ['parameter ' + p for p in scale_problems(
+        config.scale_policy, base_scale(config), min_scale(config), config.rtt_low,
+        config.rtt_high)]
     if config.input == 'trajectory':
         scale = config.scale or DEFAULT_SCALE['scripted']
         traj = config.trajectory
@@ -140,8 +187,10 @@ class MasterConsole(Node):
         hand = cfg.input in HAND_INPUTS
         self.keys = None
         self.source = self._make_source(cfg)
-        scale = cfg.scale or DEFAULT_SCALE['hand' if hand else 'scripted']
+        scale = base_scale(cfg)
         self.teleop = Teleop(scale=scale, jaw_rate=cfg.jaw_rate)
+        self.scaling = AdaptiveScale(cfg.scale_policy, scale, min_scale(cfg), cfg.rtt_low,
+                                     cfg.rtt_high, cfg.scale_rate)
         filter_on = cfg.tremor_filter.mode == 'on' or (
             cfg.tremor_filter.mode == 'auto' and hand)
         design = FilterConfig(cfg.tremor_filter.notch_frequency, cfg.tremor_filter.notch_q,
@@ -172,6 +221,16 @@ class MasterConsole(Node):
             # joy_node publishes reliable, the viewer too: a best-effort depth-1 reader matches
             # both and only ever sees the newest state.
             self.create_subscription(Joy, contract.JOY_TOPIC, self._on_joy, LATEST_QOS)
+        self.predictor = self._make_predictor(cfg)
+        self.prediction = None
+        self.predicted_pub = None if self.predictor is None else self.create_publisher(
+            PoseStamped, contract.predicted_topic(cfg.arm), STREAM_QOS)
+        self._rtt_p50 = math.nan
+        self._next_rtt_ns = 0
+        self._next_prediction_ns = 0
+        self._last_tick_ns = None
+        self._prediction_cost = 0.0      # s of CPU (this thread) spent in the predictor ...
+        self._cost_window_ns = None      # ... since this time
 
         self.last_stamp_ns = 0
         self.start_ns = self.get_clock().now().nanoseconds
@@ -191,9 +250,31 @@ class MasterConsole(Node):
         self.get_logger().info(
             f'input {cfg.input}'
             + (f' ({cfg.trajectory.shape})' if cfg.input == 'trajectory' else '')
-            + f', {cfg.rate:g} Hz, scale {scale:g}, tremor filter '
+            + f', {cfg.rate:g} Hz, scale {scale:g}'
+            + (f' (rtt policy: down to {self.scaling.scale_min:g} from {cfg.rtt_low:g} to '
+               f'{cfg.rtt_high:g} s)' if cfg.scale_policy == 'rtt' else '')
+            + ', tremor filter '
             + (f'on (notch {design.notch_frequency:g} Hz q {design.notch_q:g}, low-pass '
-               f'{design.cutoff:g} Hz)' if filter_on else 'off'))
+               f'{design.cutoff:g} Hz)' if filter_on else 'off')
+            + (f', predicted_cp at {cfg.prediction.rate:g} Hz' if self.predictor else
+               ', prediction off'))
+
+    def _make_predictor(self, cfg):
+        if not cfg.prediction.enabled:
+            return None
+        kin = kinematics.PsmKinematics()
+        home = kin.home_joints(contract.HOME_POSITION, contract.HOME_ORIENTATION)
+        return Predictor(list(home) + [contract.HOME_JAW], kin,
+                         config=self._predictor_config(cfg))
+
+    @staticmethod
+    def _predictor_config(cfg):
+        return PredictorConfig(
+            history=cfg.prediction.history, feedback_timeout=cfg.feedback_timeout,
+            correction_time_constant=cfg.prediction.correction_time_constant,
+            contact_force=cfg.prediction.contact_force,
+            echo_timeout=cfg.prediction.echo_timeout,
+            command_decimation=cfg.prediction.command_decimation)
 
     def _make_source(self, cfg):
         if cfg.input == 'trajectory':
@@ -216,9 +297,20 @@ class MasterConsole(Node):
         return JoyMap(**vars(cfg.joy))
 
     def _on_change(self, config, names):
-        if 'scale' in names:
-            hand = config.input in HAND_INPUTS
-            self.teleop.set_scale(config.scale or DEFAULT_SCALE['hand' if hand else 'scripted'])
+        scaling = {'scale', 'scale_policy', 'scale_min', 'rtt_low', 'rtt_high', 'scale_rate'}
+        if scaling & set(names):
+            current = self.scaling.effective
+            self.scaling = AdaptiveScale(config.scale_policy, base_scale(config),
+                                         min_scale(config), config.rtt_low, config.rtt_high,
+                                         config.scale_rate)
+            if config.scale_policy == 'rtt' and 'scale' not in names:
+                self.scaling.effective = current    # the policy's own rules move it from here
+            self.teleop.set_scale(self.scaling.effective)
+        if self.predictor is not None and {
+                'feedback_timeout', 'prediction.correction_time_constant',
+                'prediction.contact_force', 'prediction.echo_timeout',
+                'prediction.command_decimation'} & set(names):
+            self.predictor.config = self._predictor_config(config)
         if 'jaw_rate' in names:
             self.teleop.jaw_rate = config.jaw_rate
         if isinstance(self.source, KeyboardInput):
@@ -255,6 +347,14 @@ class MasterConsole(Node):
         position, orientation = self.filter(sample.position, sample.orientation)
         self.teleop.set_clutch(self.config.clutch or sample.clutch)
         allowed = self.safety is None or self.safety.state.allows_motion
+        if stamp_ns >= self._next_rtt_ns:
+            self._next_rtt_ns = stamp_ns + int(RTT_REFRESH * 1e9)
+            self._rtt_p50 = self.rtt.percentile(50.0)
+        dt = 0.0 if self._last_tick_ns is None else (stamp_ns - self._last_tick_ns) * 1e-9
+        self._last_tick_ns = stamp_ns
+        scale = self.scaling.update(dt, self._rtt_p50, self.teleop.clutch or not allowed)
+        if scale != self.teleop.scale:
+            self.teleop.set_scale(scale)
         fresh = self.measured_rx_ns is not None and (
             stamp_ns - self.measured_rx_ns <= self.config.feedback_timeout * 1e9)
         command = self.teleop.step(t, position, orientation, sample.jaw,
@@ -266,6 +366,30 @@ class MasterConsole(Node):
                 if self.paused else 'commands resumed at the measured pose of the arm')
         if command is not None:
             self._publish(command, stamp_ns)
+        if self.predictor is not None:
+            self._predict(command, stamp_ns, t)
+
+    def _predict(self, command, stamp_ns, t):
+        """Feed the model this cycle's command; publish the prediction at prediction.rate."""
+        started = time.thread_time()
+        predictor = self.predictor
+        if command is not None:
+            predictor.on_command(t, command.position, command.orientation)
+        if stamp_ns >= self._next_prediction_ns:
+            period = int(1e9 / self.config.prediction.rate)
+            self._next_prediction_ns = max(self._next_prediction_ns + period, stamp_ns)
+            predictor.set_rtt(self._rtt_p50)
+            self.prediction = predictor.predict(t)
+            self.predicted_pub.publish(make_pose_stamped(
+                self.prediction.position, self.prediction.quaternion, self.frame,
+                _time_msg(stamp_ns)))
+        self._prediction_cost += time.thread_time() - started
+
+    def _console_time(self, nanoseconds=None):
+        """Seconds since start on the console clock (the predictor's clock)."""
+        if nanoseconds is None:
+            nanoseconds = self.get_clock().now().nanoseconds
+        return (nanoseconds - self.start_ns) * 1e-9
 
     def _source_time(self, now_ns):
         """Return the input source's clock: s since the arm was first heard from (0 before)."""
@@ -322,10 +446,23 @@ class MasterConsole(Node):
             self.measured_rx_ns = self.get_clock().now().nanoseconds
             self.teleop.set_measured(position, orientation)
             self.feedback.on_measured(position, orientation)
+            if self.predictor is not None:
+                started = time.thread_time()
+                stamp = msg.header.stamp
+                self.predictor.on_measured(
+                    position, orientation, self._console_time(self.measured_rx_ns),
+                    self._console_time(stamp.sec * 1_000_000_000 + stamp.nanosec))
+                self._prediction_cost += time.thread_time() - started
 
     def _on_setpoint(self, msg):
-        now = self.get_clock().now().nanoseconds * 1e-9
-        self.rtt.on_echo(stamp_to_sec(msg.header.stamp), now)
+        now_ns = self.get_clock().now().nanoseconds
+        self.rtt.on_echo(stamp_to_sec(msg.header.stamp), now_ns * 1e-9)
+        if self.predictor is not None:
+            started = time.thread_time()
+            stamp = msg.header.stamp
+            self.predictor.on_echo(self._console_time(stamp.sec * 1_000_000_000 + stamp.nanosec),
+                                   self._console_time(now_ns))
+            self._prediction_cost += time.thread_time() - started
         position, orientation = pose_to_arrays(msg.pose)
         if _finite(position, orientation):
             self.feedback.on_setpoint(position, orientation)
@@ -333,6 +470,10 @@ class MasterConsole(Node):
     def _on_force(self, msg):
         f = msg.wrench.force
         self.feedback.on_force((f.x, f.y, f.z))
+        if self.predictor is not None:
+            started = time.thread_time()
+            self.predictor.on_force((f.x, f.y, f.z), self._console_time())
+            self._prediction_cost += time.thread_time() - started
 
     def _on_safety(self, msg):
         try:
@@ -344,6 +485,8 @@ class MasterConsole(Node):
         if self.safety is None or status.state != self.safety.state:
             self.get_logger().info(f'safety state {status.encode()}')
         self.safety = status
+        if self.predictor is not None:
+            self.predictor.on_safety(status, self._console_time())
 
     # --- status ------------------------------------------------------------------------
 
@@ -354,13 +497,51 @@ class MasterConsole(Node):
         lag, _lag_angle = self.feedback.command_error(last.position, last.orientation)
         return rtt, tracking, tracking_angle, lag
 
+    def _prediction_state(self):
+        if self.predictor is None:
+            return 'off'
+        return self.predictor.state(self._console_time())
+
+    def _prediction_values(self):
+        """Return the predictor's /diagnostics values (CPU share since the last report)."""
+        now_ns = self.get_clock().now().nanoseconds
+        since, self._cost_window_ns = self._cost_window_ns, now_ns
+        cost, self._prediction_cost = self._prediction_cost, 0.0
+        values = {'prediction_state': self._prediction_state(),
+                  'scale_policy': self.config.scale_policy,
+                  'scale_target': self.scaling.target(self._rtt_p50),
+                  'scale_min': self.scaling.scale_min}
+        if self.predictor is None:
+            return values
+        predictor = self.predictor
+        bias, bias_angle = predictor.bias()
+        prediction = self.prediction
+        error = math.nan
+        if prediction is not None and self.feedback.measured is not None:
+            error = float(np.linalg.norm(prediction.position - self.feedback.measured[0]))
+        values.update({
+            'prediction_cpu_percent': math.nan if since is None or now_ns <= since else
+            100.0 * cost / ((now_ns - since) * 1e-9),
+            'prediction_rtt_ms': math.nan if predictor.rtt is None else predictor.rtt * 1e3,
+            'prediction_correction_mm': bias * 1e3,
+            'prediction_correction_deg': math.degrees(bias_angle),
+            'prediction_ahead_of_measured_mm': error * 1e3,
+            'prediction_contact': predictor.contact is not None,
+            'prediction_contacts': predictor.contacts,
+            'prediction_stalls': predictor.stalls,
+            'prediction_model_steps': predictor.steps,
+            'prediction_skipped_steps': predictor.skipped_steps,
+        })
+        return values
+
     def _state_name(self):
         return 'no safety/state' if self.safety is None else self.safety.state.name
 
     def _status(self):
         rtt, tracking, _angle, _lag = self._figures()
         line = status_line(rtt, tracking, self.feedback.force, self._state_name(),
-                           self.teleop.clutch)
+                           self.teleop.clutch, scale=self.teleop.scale,
+                           prediction=self._prediction_state())
         if self.tty:
             terminal.write_terminal('\r' + line + '\033[K')
         else:
@@ -390,6 +571,7 @@ class MasterConsole(Node):
             'scale': self.teleop.scale, 'commands_published': self.published,
             'arm_heard': self.arm_heard_ns is not None, 'paused': self.paused,
             'input': self.config.input,
+            **self._prediction_values(),
         }
         if isinstance(self.source, JoyInput):
             values['joy_messages'] = self.source.messages
