@@ -4,8 +4,10 @@
 It starts ``teleop_launch.yaml`` through ``telesurgery-launch`` (so the real ROS 2 launch is
 used when installed) with the scripted surgeon motion, and runs a monitor node in this
 process that records every command, feedback and safety topic of both sites to
-``runs/<timestamp>/run.mcap`` (raw CDR, as ``ros2 bag`` records), prints a live status line,
-and at the end a summary and ``report.json`` + PNG plots:
+``runs/<timestamp>/run.mcap`` (raw CDR, as ``ros2 bag`` records) together with
+``/diagnostics`` and what replays the arm as a robot (``/robot_description``, ``/tf_static``,
+``/tf`` from ``psm1/measured_js``: :class:`telesurgery_ros.recorder.RobotRecording`), prints a
+live status line, and at the end a summary and ``report.json`` + PNG plots:
 
 - round-trip time (RTT): the console-side ``setpoint_cp`` echoes the stamp of the master
   command it came from; RTT = receive time - stamp, first echo of each stamp only;
@@ -33,6 +35,7 @@ import numpy as np
 from telesurgery_ros import resources
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
+from telesurgery_ros.core.params import Param
 from telesurgery_ros.core.rtt import RttMonitor
 from telesurgery_ros.procman import describe_returncode, ManagedProcess
 
@@ -60,9 +63,10 @@ def recorded_topics(arm=contract.DEFAULT_ARM):
         (patient['measured_cp'], POSE, 'measured'),
         (console(patient['measured_cp']), POSE, None),
         (patient['measured_cf'], WRENCH, None),
-        (patient['measured_js'], JOINTS, None),
+        (patient['measured_js'], JOINTS, 'joints'),
         (contract.SAFETY_STATE_TOPIC, STRING, 'safety'),
         (contract.NETWORK_STATS_TOPIC, DIAGNOSTICS, 'stats'),
+        (contract.DIAGNOSTICS_TOPIC, DIAGNOSTICS, 'diagnostics'),
     ]
 
 
@@ -292,16 +296,26 @@ def write_plots(metrics, out_dir):
 
 # --- the monitor node ---------------------------------------------------------------------
 
-def make_monitor(arm, recorder, metrics, lock):
+MONITOR_PARAMETERS = (
+    Param('tf_rate', 0.0, '/tf in the recording: at most this often (joint-state time); 0 = '
+          'every psm1/measured_js, i.e. the feedback rate', 'Hz', 0.0, 1000.0),
+)
+
+
+def make_monitor(arm, recorder, metrics, lock, tf_rate=0.0):
     """Make the node that records every topic raw and feeds ``metrics`` what it needs."""
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped, WrenchStamped
     from rclpy.node import Node
+    from rclpy.parameter import Parameter
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
 
-    from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, SAFETY_QOS, STREAM_QOS
+    from telesurgery_ros.core.sim import arm_urdf, BASE_POSITION
+    from telesurgery_ros.recorder import qos_yaml_of, RobotRecording
+    from telesurgery_ros.rosutil import declare_parameters, DIAGNOSTICS_QOS, SAFETY_QOS, \
+        STREAM_QOS
 
     classes = {POSE: PoseStamped, WRENCH: WrenchStamped, JOINTS: JointState, STRING: String,
                DIAGNOSTICS: DiagnosticArray}
@@ -310,16 +324,27 @@ def make_monitor(arm, recorder, metrics, lock):
         """Raw subscriptions to every recorded topic."""
 
         def __init__(self):
-            super().__init__('demo_monitor')
+            super().__init__('demo_monitor', parameter_overrides=[
+                Parameter('tf_rate', value=float(tf_rate))])
+            config = declare_parameters(self, MONITOR_PARAMETERS, on_change=self._on_change)
+            with open(arm_urdf()) as handle:
+                self.robot = RobotRecording(recorder, handle.read(), base_pose=(
+                    BASE_POSITION, (0.0, 0.0, 0.0, 1.0)), tf_rate=config.tf_rate)
+            self.robot.start(time.time_ns())
             self.subs = []
             for topic, type_name, role in recorded_topics(arm):
-                qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
+                qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS,
+                       'diagnostics': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
+                recorder.declare(_absolute(topic), type_name, qos_yaml_of(qos))
                 self.subs.append(self.create_subscription(
                     classes[type_name], topic, self._callback(topic, type_name, role), qos,
                     raw=True))
 
+        def _on_change(self, config, _names):
+            self.robot.tf_rate = config.tf_rate
+
         def _callback(self, topic, type_name, role):
-            name = '/' + topic
+            name = _absolute(topic)
             cls = classes[type_name]
 
             def on_message(data):
@@ -341,12 +366,21 @@ def make_monitor(arm, recorder, metrics, lock):
                         handler((p.x, p.y, p.z), now)
                     elif role == 'safety':
                         metrics.on_safety(msg.data, now)
+                    elif role == 'joints':
+                        stamp = msg.header.stamp
+                        self.robot.on_joint_state(msg.name, msg.position,
+                                                  stamp.sec * 1_000_000_000 + stamp.nanosec,
+                                                  now_ns)
                     elif role == 'stats':
                         metrics.on_stats([(s.name, {kv.key: kv.value for kv in s.values})
                                           for s in msg.status])
             return on_message
 
     return Monitor()
+
+
+def _absolute(topic):
+    return topic if topic.startswith('/') else '/' + topic
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -377,6 +411,9 @@ def build_parser():
     parser.add_argument('--private-domain', action='store_true',
                         help='run in a free ROS_DOMAIN_ID of its own, localhost only (default: '
                              'that of the environment, so ROS tools can watch the run)')
+    parser.add_argument('--tf-rate', type=float, default=0.0, metavar='HZ',
+                        help='rate of /tf in the recording (default 0: every psm1/measured_js, '
+                             'the feedback rate)')
     parser.add_argument('--max-tracking-rms', type=float, default=0.005, metavar='M',
                         help='tracking error RMS (m) above which the run is not sound '
                              '(default 0.005)')
@@ -389,6 +426,9 @@ def _check_options(options):
         problems.append(f'--duration must be >= 0 s (0 = until Ctrl-C), got {options.duration}')
     if not options.ready_timeout > 0:
         problems.append(f'--ready-timeout must be > 0 s, got {options.ready_timeout}')
+    if not 0 <= options.tf_rate <= 1000:
+        problems.append(f'--tf-rate must be 0 to 1000 Hz (0 = the feedback rate), got '
+                        f'{options.tf_rate}')
     if not options.max_tracking_rms > 0:
         problems.append(f'--max-tracking-rms must be > 0 m, got {options.max_tracking_rms}')
     return problems
@@ -449,7 +489,7 @@ def main(argv=None):
     recorder = McapRecorder(os.path.join(out_dir, 'run.mcap'))
     lock = threading.Lock()
     metrics = RunMetrics(time.time())
-    monitor = make_monitor(options.arm, recorder, metrics, lock)
+    monitor = make_monitor(options.arm, recorder, metrics, lock, options.tf_rate)
     executor = EventsExecutor()
     executor.add_node(monitor)
     spinning = threading.Event()
@@ -550,6 +590,7 @@ def main(argv=None):
         'started_utc': stamp, 'sound': not reasons, 'problems': reasons,
         **summary,
         'recorded_messages': dict(recorder.counts),
+        'robot_recording': monitor.robot.summary(),
         'node_exits': exits,
         'files': {'mcap': 'run.mcap', 'log': 'launch.log', 'plots': plots},
     }
