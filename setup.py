@@ -47,5 +47,7 @@ setup(
             'slave_controller = telesurgery_ros.nodes.slave_controller:main',
             'safety_watchdog = telesurgery_ros.nodes.safety_watchdog:main',
         ],
+        # telesurgery_ros.testing's fixtures (telesurgery_stack) for every pytest run
+        'pytest11': ['telesurgery_ros = telesurgery_ros.testing.plugin'],
     },
 )

@@ -16,6 +16,7 @@ MODULE_KEYS = {
     'matplotlib': 'python3-matplotlib',
     'mcap': 'python3-mcap',
     'mcap_ros2': 'python3-mcap',
+    'pytest': 'python3-pytest',
 }
 
 
