@@ -26,13 +26,15 @@ EMBEDDED = """\
 [master_console] exited: killed by SIGKILL (on its own)
 [launch] not clean: master_console
 """
-# Output of ROS 2 launch (launch 3.7.1, from a run of teleop_launch.yaml; see doc/testing.md).
+# Output of ROS 2 launch 3.7.1 running teleop_launch.yaml, one node killed (lines from that
+# run; only the long cmd is cut short).
 ROS_LAUNCH = """\
-[INFO] [launch]: All log files can be found below /root/.ros/log/2026-12-02-07-40-00
-[INFO] [master_console-1]: process started with pid [2001]
-[INFO] [safety_watchdog-4]: process started with pid [2004]
-[INFO] [master_console-1]: process has finished cleanly [pid 2001]
-[ERROR] [safety_watchdog-4]: process has died [pid 2004, exit code -9, cmd '/x/y --ros-args'].
+[INFO] [launch]: All log files can be found below /root/.ros/log/2026-12-02-07-29-36-322045-vm
+[INFO] [master_console-1]: process started with pid [31538]
+[INFO] [safety_watchdog-4]: process started with pid [31549]
+[ERROR] [safety_watchdog-4]: process has died [pid 31549, exit code -9, cmd '/tmp/rosnative/ws\
+/install/telesurgery_ros/lib/telesurgery_ros/safety_watchdog --ros-args'].
+[INFO] [master_console-1]: process has finished cleanly [pid 31538]
 """
 
 
@@ -49,7 +51,7 @@ def test_node_processes_are_read_from_either_launchers_output():
     assert pids(_Output(EMBEDDED)) == {'master_console': 101, 'network_relay': 102}
     assert exits(EMBEDDED) == {'network_relay': 'exit code 0',
                                'master_console': 'killed by SIGKILL'}
-    assert pids(_Output(ROS_LAUNCH)) == {'master_console': 2001, 'safety_watchdog': 2004}
+    assert pids(_Output(ROS_LAUNCH)) == {'master_console': 31538, 'safety_watchdog': 31549}
     assert exits(ROS_LAUNCH) == {'master_console': 'exit code 0',
                                  'safety_watchdog': 'exit code -9'}
 

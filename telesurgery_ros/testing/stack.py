@@ -352,7 +352,8 @@ class Stack:
         """
         Ctrl-C the launch (as a user would); return its exit code once every node is gone.
 
-        With the embedded runner: 0 when every node ended cleanly, 1 otherwise.
+        The embedded runner returns 0 when every node ended cleanly and 1 otherwise; ROS 2
+        launch returns 0 even when a node had died, so check :meth:`exits` as well.
         """
         if self.returncode is not None:
             return self.returncode
