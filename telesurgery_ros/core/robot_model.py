@@ -61,20 +61,30 @@ class Joint:
     axis: tuple
     mimic: Mimic = None
 
+    def __post_init__(self):
+        # Set-up with transforms3d; transform() then runs on plain floats (it runs for every
+        # joint of every joint state a recorder writes, hundreds of times a second).
+        slide = quaternions.rotate_vector(np.asarray(self.axis), np.asarray(self.origin_rotation))
+        object.__setattr__(self, '_slide', tuple(float(v) for v in slide))
+
     def transform(self, value=0.0):
         """Return the :class:`Transform` of this joint at position ``value`` (rad or m)."""
-        q0 = np.asarray(self.origin_rotation)
-        xyz = np.asarray(self.origin_xyz)
+        w0, x0, y0, z0 = self.origin_rotation
+        tx, ty, tz = self.origin_xyz
+        if self.type in ('revolute', 'continuous'):
+            # origin rotation, then the turn about the axis: q0 * (cos(a/2), sin(a/2) axis)
+            c, s = math.cos(0.5 * value), math.sin(0.5 * value)
+            ax, ay, az = self.axis
+            w1, x1, y1, z1 = c, s * ax, s * ay, s * az
+            w = w0 * w1 - x0 * x1 - y0 * y1 - z0 * z1
+            x = w0 * x1 + x0 * w1 + y0 * z1 - z0 * y1
+            y = w0 * y1 - x0 * z1 + y0 * w1 + z0 * x1
+            z = w0 * z1 + x0 * y1 - y0 * x1 + z0 * w1
+            return Transform(self.parent, self.child, (tx, ty, tz), (x, y, z, w))
         if self.type == 'prismatic':
-            xyz = xyz + quaternions.rotate_vector(np.asarray(self.axis) * value, q0)
-            q = q0
-        elif self.type in ('revolute', 'continuous'):
-            turn = quaternions.axangle2quat(self.axis, value, is_normalized=True)
-            q = quaternions.qmult(q0, turn)
-        else:
-            q = q0
-        w, x, y, z = (float(v) for v in q)
-        return Transform(self.parent, self.child, tuple(float(v) for v in xyz), (x, y, z, w))
+            sx, sy, sz = self._slide       # the axis in the parent frame
+            tx, ty, tz = tx + sx * value, ty + sy * value, tz + sz * value
+        return Transform(self.parent, self.child, (tx, ty, tz), (x0, y0, z0, w0))
 
 
 def _floats(text, count, what):
