@@ -192,8 +192,12 @@ def test_robot_recording_reads_back_with_rosbags(tmp_path):
                                  2_000_000_000 + i * 5_000_000, 2_000_000_000 + i * 5_000_000)
         assert not robot.on_joint_state(names[:6], [0.0] * 6, 3_000_000_000, 3_000_000_000)
         assert not robot.on_joint_state(names, [math.nan] + [0.0] * 6, 3_100_000_000, 1)
+        robot.tf_rate = 0.0           # every joint state (the feedback rate)
+        for i in range(3):
+            stamp = 4_000_000_000 + i * 1_000_000
+            assert robot.on_joint_state(names, [0.0] * 7, stamp, stamp)
         summary = robot.summary()
-    assert summary['tf_messages'] == 5 and summary['joint_states_skipped'] == 2
+    assert summary['tf_messages'] == 8 and summary['joint_states_skipped'] == 2
     assert 'outer_yaw' in summary['skip_reason']
 
     seen = {}
@@ -210,7 +214,7 @@ def test_robot_recording_reads_back_with_rosbags(tmp_path):
     assert {(t.header.frame_id, t.child_frame_id) for t in static.transforms} >= {
         ('world', 'psm1_base'), ('psm1_base', 'psm1_rcm'),
         ('psm1_wrist_yaw_link', 'psm1_tool_tip')}
-    assert len(seen['/tf']) == 5
+    assert len(seen['/tf']) == 8
     moving = {t.child_frame_id: t for t in seen['/tf'][0].transforms}
     assert moving['psm1_insertion_link'].header.stamp.sec == 2
     assert moving['psm1_jaw_left'].header.frame_id == 'psm1_wrist_yaw_link'
