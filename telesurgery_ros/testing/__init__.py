@@ -17,9 +17,33 @@ entry point ``telesurgery_ros``, active wherever the package is installed); outs
 its own, with the test's probe node in an rclpy context bound to that domain, and leaves no
 process behind. See :mod:`telesurgery_ros.testing.stack` for every probe and fault helper.
 """
-from telesurgery_ros.core.contract import SafetyState, SafetyStatus
-from telesurgery_ros.testing.probe import alive, exits, pids, Probe, wait_for
-from telesurgery_ros.testing.stack import launch_stack, NODES, Stack, StackError
+import importlib
 
-__all__ = ['alive', 'exits', 'launch_stack', 'NODES', 'pids', 'Probe', 'SafetyState',
-           'SafetyStatus', 'Stack', 'StackError', 'wait_for']
+# The names are loaded on first use (PEP 562), so that the pytest plugin, which pytest imports
+# in every run wherever this package is installed, does not import rclpy and numpy up front.
+_WHERE = {
+    'SafetyState': 'telesurgery_ros.core.contract',
+    'SafetyStatus': 'telesurgery_ros.core.contract',
+    'alive': 'telesurgery_ros.testing.probe',
+    'exits': 'telesurgery_ros.testing.probe',
+    'pids': 'telesurgery_ros.testing.probe',
+    'Probe': 'telesurgery_ros.testing.probe',
+    'wait_for': 'telesurgery_ros.testing.probe',
+    'launch_stack': 'telesurgery_ros.testing.stack',
+    'NODES': 'telesurgery_ros.testing.stack',
+    'Stack': 'telesurgery_ros.testing.stack',
+    'StackError': 'telesurgery_ros.testing.stack',
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
