@@ -156,6 +156,9 @@ class McapRecorder:
     """
     An MCAP file being written; thread-safe; one channel per topic.
 
+    ``counts`` holds the messages written per topic (a declared topic that got none is not
+    in it, as in the file's statistics).
+
     ``declare(topic, type_name, qos)`` registers a channel with its ``offered_qos_profiles``
     (:func:`qos_yaml`); ``write(topic, type_name, cdr_bytes, log_time_ns)`` appends a message
     (a topic written without being declared gets an empty ``offered_qos_profiles``, which
@@ -195,7 +198,6 @@ class McapRecorder:
                 schema_id=self._schemas[schema_name],
                 metadata={'offered_qos_profiles': qos})
             self._sequence[key] = 0
-            self.counts.setdefault(topic, 0)
         return self._channels[key]
 
     def write(self, topic, type_name, data, log_time_ns, publish_time_ns=None):
@@ -210,7 +212,7 @@ class McapRecorder:
                 channel_id=channel, log_time=int(log_time_ns), data=bytes(data),
                 publish_time=int(log_time_ns if publish_time_ns is None else publish_time_ns),
                 sequence=self._sequence[key])
-            self.counts[topic] += 1
+            self.counts[topic] = self.counts.get(topic, 0) + 1
 
     def close(self):
         with self._lock:

@@ -220,3 +220,17 @@ def test_robot_recording_reads_back_with_rosbags(tmp_path):
     assert moving['psm1_jaw_left'].header.frame_id == 'psm1_wrist_yaw_link'
     assert read_back(str(path))['/tf'][0][1].transforms[2].child_frame_id == \
         'psm1_insertion_link'           # mcap_ros2 decodes it from the same schema text
+
+
+def test_declared_topics_without_messages_are_not_counted(tmp_path):
+    path = str(tmp_path / 'quiet.mcap')
+    with McapRecorder(path) as recorder:
+        recorder.declare('/psm1/setpoint_cp', 'geometry_msgs/msg/PoseStamped',
+                         qos_yaml_of(STREAM_QOS))
+        recorder.write('/safety/state', 'std_msgs/msg/String', serialize_message(String()), 1)
+    with open(path, 'rb') as handle:
+        summary = make_reader(handle).get_summary()
+    in_file = {summary.channels[cid].topic: n
+               for cid, n in summary.statistics.channel_message_counts.items()}
+    assert recorder.counts == in_file == {'/safety/state': 1}
+    assert {c.topic for c in summary.channels.values()} == {'/psm1/setpoint_cp', '/safety/state'}
