@@ -50,5 +50,7 @@ setup(
             'arm_viewer = telesurgery_ros.nodes.arm_viewer:main',
             'site_link = telesurgery_ros.nodes.site_link:main',
         ],
+        # telesurgery_ros.testing's fixtures (telesurgery_stack) for every pytest run
+        'pytest11': ['telesurgery_ros = telesurgery_ros.testing.plugin'],
     },
 )

@@ -4,8 +4,10 @@
 It starts ``teleop_launch.yaml`` through ``telesurgery-launch`` (so the real ROS 2 launch is
 used when installed) with the scripted surgeon motion, and runs a monitor node in this
 process that records every command, feedback and safety topic of both sites to
-``runs/<timestamp>/run.mcap`` (raw CDR, as ``ros2 bag`` records), prints a live status line,
-and at the end a summary and ``report.json`` + PNG plots:
+``runs/<timestamp>/run.mcap`` (raw CDR, as ``ros2 bag`` records) together with
+``/diagnostics`` and what replays the arm as a robot (``/robot_description``, ``/tf_static``,
+``/tf`` from ``psm1/measured_js``: :class:`telesurgery_ros.recorder.RobotRecording`), prints a
+live status line, and at the end a summary and ``report.json`` + PNG plots:
 
 - round-trip time (RTT): the console-side ``setpoint_cp`` echoes the stamp of the master
   command it came from; RTT = receive time - stamp, first echo of each stamp only;
@@ -48,6 +50,7 @@ import numpy as np
 from telesurgery_ros import prediction_analysis, resources
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
+from telesurgery_ros.core.params import Param
 from telesurgery_ros.core.rtt import RttMonitor
 from telesurgery_ros.core.viewer import LoopFigures
 from telesurgery_ros.procman import describe_returncode, ManagedProcess
@@ -77,9 +80,10 @@ def recorded_topics(arm=contract.DEFAULT_ARM):
         (console(patient['measured_cp']), POSE, None),
         (contract.predicted_topic(arm), POSE, None),
         (patient['measured_cf'], WRENCH, None),
-        (patient['measured_js'], JOINTS, None),
+        (patient['measured_js'], JOINTS, 'joints'),
         (contract.SAFETY_STATE_TOPIC, STRING, 'safety'),
         (contract.NETWORK_STATS_TOPIC, DIAGNOSTICS, 'stats'),
+        (contract.DIAGNOSTICS_TOPIC, DIAGNOSTICS, 'diagnostics'),
     ]
 
 
@@ -393,21 +397,33 @@ def write_plots(metrics, out_dir):
 
 # --- the monitor node ---------------------------------------------------------------------
 
-def make_monitor(arm, recorder, metrics, lock, context=None, topics=None, name='demo_monitor'):
+MONITOR_PARAMETERS = (
+    Param('tf_rate', 0.0, '/tf in the recording: at most this often (joint-state time); 0 = '
+          'every psm1/measured_js, i.e. the feedback rate', 'Hz', 0.0, 1000.0),
+)
+
+
+def make_monitor(arm, recorder, metrics, lock, tf_rate=0.0, context=None, topics=None,
+                 name='demo_monitor'):
     """
     Make the node that records every topic raw and feeds ``metrics`` what it needs.
 
     ``topics`` (default: every recorded topic) selects some, for a monitor in one of two
-    domains; ``context`` is that domain's rclpy Context.
+    domains; ``context`` is that domain's rclpy Context. The monitor that takes
+    ``measured_js`` also writes the robot (``/robot_description``, ``/tf_static``, ``/tf``).
     """
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped, WrenchStamped
     from rclpy.node import Node
+    from rclpy.parameter import Parameter
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
 
-    from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, SAFETY_QOS, STREAM_QOS
+    from telesurgery_ros.core.sim import arm_urdf, BASE_POSITION
+    from telesurgery_ros.recorder import qos_yaml_of, RobotRecording
+    from telesurgery_ros.rosutil import declare_parameters, DIAGNOSTICS_QOS, SAFETY_QOS, \
+        STREAM_QOS
 
     classes = {POSE: PoseStamped, WRENCH: WrenchStamped, JOINTS: JointState, STRING: String,
                DIAGNOSTICS: DiagnosticArray}
@@ -416,27 +432,32 @@ def make_monitor(arm, recorder, metrics, lock, context=None, topics=None, name='
         """Raw subscriptions to every recorded topic."""
 
         def __init__(self):
-            super().__init__(name, context=context)
+            super().__init__(name, context=context, parameter_overrides=[
+                Parameter('tf_rate', value=float(tf_rate))])
+            config = declare_parameters(self, MONITOR_PARAMETERS, on_change=self._on_change)
+            chosen = [(topic, type_name, role) for topic, type_name, role in recorded_topics(arm)
+                      if topics is None or topic in topics]
+            self.robot = None
+            if any(role == 'joints' for _topic, _type, role in chosen):
+                with open(arm_urdf()) as handle:
+                    self.robot = RobotRecording(recorder, handle.read(), base_pose=(
+                        BASE_POSITION, (0.0, 0.0, 0.0, 1.0)), tf_rate=config.tf_rate)
+                self.robot.start(time.time_ns())
             self.subs = []
-            for topic, type_name, role in recorded_topics(arm):
-                if topics is not None and topic not in topics:
-                    continue
-                qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
+            for topic, type_name, role in chosen:
+                qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS,
+                       'diagnostics': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
+                recorder.declare(_absolute(topic), type_name, qos_yaml_of(qos))
                 self.subs.append(self.create_subscription(
                     classes[type_name], topic, self._callback(topic, type_name, role), qos,
                     raw=True))
-            # Not recorded: the slave's loop health and the viewer's fps, for the verdict.
-            self.subs.append(self.create_subscription(
-                DiagnosticArray, contract.DIAGNOSTICS_TOPIC, self._on_diagnostics,
-                DIAGNOSTICS_QOS))
 
-        def _on_diagnostics(self, msg):
-            with lock:
-                metrics.on_diagnostics([(s.name, {kv.key: kv.value for kv in s.values})
-                                        for s in msg.status])
+        def _on_change(self, config, _names):
+            if self.robot is not None:
+                self.robot.tf_rate = config.tf_rate
 
         def _callback(self, topic, type_name, role):
-            name = '/' + topic
+            name = _absolute(topic)
             cls = classes[type_name]
 
             def on_message(data):
@@ -458,12 +479,25 @@ def make_monitor(arm, recorder, metrics, lock, context=None, topics=None, name='
                         handler((p.x, p.y, p.z), now)
                     elif role == 'safety':
                         metrics.on_safety(msg.data, now)
+                    elif role == 'joints':
+                        stamp = msg.header.stamp
+                        self.robot.on_joint_state(msg.name, msg.position,
+                                                  stamp.sec * 1_000_000_000 + stamp.nanosec,
+                                                  now_ns)
                     elif role == 'stats':
                         metrics.on_stats([(s.name, {kv.key: kv.value for kv in s.values})
                                           for s in msg.status])
+                    elif role == 'diagnostics':
+                        # the slave's loop health and the viewer's fps, for the verdict
+                        metrics.on_diagnostics([(s.name, {kv.key: kv.value for kv in s.values})
+                                                for s in msg.status])
             return on_message
 
     return Monitor()
+
+
+def _absolute(topic):
+    return topic if topic.startswith('/') else '/' + topic
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -497,6 +531,9 @@ def build_parser():
     parser.add_argument('--private-domain', action='store_true',
                         help='run in a free ROS_DOMAIN_ID of its own, localhost only (default: '
                              'that of the environment, so ROS tools can watch the run)')
+    parser.add_argument('--tf-rate', type=float, default=0.0, metavar='HZ',
+                        help='rate of /tf in the recording (default 0: every psm1/measured_js, '
+                             'the feedback rate)')
     parser.add_argument('--max-tracking-rms', type=float, default=0.005, metavar='M',
                         help='tracking error RMS (m) above which the run is not sound '
                              '(default 0.005)')
@@ -516,6 +553,9 @@ def _check_options(options):
         problems.append(f'--duration must be >= 0 s (0 = until Ctrl-C), got {options.duration}')
     if not options.ready_timeout > 0:
         problems.append(f'--ready-timeout must be > 0 s, got {options.ready_timeout}')
+    if not 0 <= options.tf_rate <= 1000:
+        problems.append(f'--tf-rate must be 0 to 1000 Hz (0 = the feedback rate), got '
+                        f'{options.tf_rate}')
     if not options.max_tracking_rms > 0:
         problems.append(f'--max-tracking-rms must be > 0 m, got {options.max_tracking_rms}')
     if options.sites == 2 and options.launch_file:
@@ -676,7 +716,7 @@ def main(argv=None):
         spinners[-1].start()
 
     if sites is None:
-        add_monitor(make_monitor(options.arm, recorder, metrics, lock))
+        add_monitor(make_monitor(options.arm, recorder, metrics, lock, options.tf_rate))
     else:
         # One participant in each domain: the console's topics live in A, the rest in B
         # (A's safety/state and network/stats are the link's copies of B's).
@@ -692,7 +732,8 @@ def main(argv=None):
         contexts.append(context_a)
         for side, context, topics in (('patient', None, patient),
                                       ('surgeon', context_a, console)):
-            monitor = make_monitor(options.arm, recorder, metrics, lock, context=context,
+            monitor = make_monitor(options.arm, recorder, metrics, lock, options.tf_rate,
+                                   context=context,
                                    topics=topics, name=f'demo_monitor_{side}')
             monitor.create_subscription(
                 DiagnosticArray, contract.DIAGNOSTICS_TOPIC,
@@ -820,6 +861,7 @@ def main(argv=None):
         'started_utc': stamp, 'sound': not reasons, 'problems': reasons,
         **summary,
         'recorded_messages': dict(recorder.counts),
+        'robot_recording': monitor.robot.summary(),
         'node_exits': exits,
         'files': {'mcap': 'run.mcap', 'log': 'launch.log', 'plots': plots},
     }

@@ -30,6 +30,25 @@ def claim_domain(low=1, high=100, lock_dir=LOCK_DIR, rng=random):
     raise RuntimeError(f'no free ROS_DOMAIN_ID in {low}..{high} (all locked in {lock_dir})')
 
 
+def release_domain(domain, lock_dir=LOCK_DIR):
+    """Give back a domain this process claimed (no-op when it holds no lock on it)."""
+    path = os.path.join(lock_dir, f'{domain}.lock')
+    for handle in [h for h in _held if h.name == path]:
+        _held.remove(handle)
+        handle.close()
+
+
+def isolated_environment(domain, environ=os.environ):
+    """Return a copy of ``environ`` for processes on ``domain``, localhost discovery only."""
+    env = dict(environ)
+    env['ROS_DOMAIN_ID'] = str(domain)
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env.pop('ROS_STATIC_PEERS', None)
+    env.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
 def isolate(environ=os.environ):
     """
     Claim a domain and set up ``environ`` for localhost-only discovery; return the id.
@@ -37,9 +56,7 @@ def isolate(environ=os.environ):
     Call it before anything initialises rclpy; child processes inherit the environment.
     """
     domain = claim_domain()
-    environ['ROS_DOMAIN_ID'] = str(domain)
-    environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    settings = isolated_environment(domain, environ)
     environ.pop('ROS_STATIC_PEERS', None)
-    environ.setdefault('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
-    environ['PYTHONUNBUFFERED'] = '1'
+    environ.update(settings)
     return domain

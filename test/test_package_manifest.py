@@ -19,6 +19,7 @@ MODULE_KEYS = {
     'PIL': 'python3-pil',
     'cryptography': 'python3-cryptography',
     'zenoh': 'python3-eclipse-zenoh',
+    'pytest': 'python3-pytest',
 }
 
 
