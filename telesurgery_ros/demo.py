@@ -861,7 +861,7 @@ def main(argv=None):
         'started_utc': stamp, 'sound': not reasons, 'problems': reasons,
         **summary,
         'recorded_messages': dict(recorder.counts),
-        'robot_recording': monitor.robot.summary(),
+        'robot_recording': next(m.robot.summary() for m in monitors if m.robot is not None),
         'node_exits': exits,
         'files': {'mcap': 'run.mcap', 'log': 'launch.log', 'plots': plots},
     }
