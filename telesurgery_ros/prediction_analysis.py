@@ -26,6 +26,7 @@ import numpy as np
 
 from telesurgery_ros.bench.stats import hold_positions, interp_positions
 from telesurgery_ros.core import contract
+from transforms3d import quaternions
 
 MOVING = ('NOMINAL', 'DEGRADED')
 MAX_GAP = 0.05          # s: d_fwd is not interpolated across longer gaps in the commands
@@ -45,6 +46,11 @@ class Streams:
     console_time: np.ndarray           # console/<arm>/measured_cp receive times
     console_position: np.ndarray
     safety: list = None                # [(receive time, state name)]; None: always moving
+    # Orientations (N x 4, x y z w) of the predicted, arm and console streams, when recorded
+    # (the demo's MCAP has them, the bench's sink keeps positions only).
+    predicted_orientation: np.ndarray = None
+    arm_orientation: np.ndarray = None
+    console_orientation: np.ndarray = None
 
 
 def _array(values, columns=None):
@@ -105,8 +111,53 @@ def errors(data):
     e_delayed = np.linalg.norm(
         hold_positions(t, data.console_time, data.console_position) - arm, axis=1)
     keep = np.isfinite(e_pred) & np.isfinite(e_delayed) & moving_mask(t, data.safety)
-    return {'t': t[keep], 'd_fwd': d_fwd[keep], 'e_pred': e_pred[keep],
-            'e_delayed': e_delayed[keep]}
+    out = {'t': t[keep], 'd_fwd': d_fwd[keep], 'e_pred': e_pred[keep],
+           'e_delayed': e_delayed[keep]}
+    if data.predicted_orientation is not None and data.arm_orientation is not None and (
+            data.console_orientation is not None):
+        arm_q = nearest_rows(t + d_fwd, data.arm_stamp, data.arm_orientation)
+        console_q = hold_rows(t, data.console_time, data.console_orientation)
+        out['a_pred'] = angles(data.predicted_orientation, arm_q)[keep]
+        out['a_delayed'] = angles(console_q, arm_q)[keep]
+    return out
+
+
+def nearest_rows(query, times, rows):
+    """Return the row whose time is nearest each query time (NaN outside the times)."""
+    return _rows(np.rint(interp_positions(query, times, _index(times))[:, 0]), rows)
+
+
+def hold_rows(query, times, rows):
+    """Return the last row received at or before each query time (NaN before any)."""
+    return _rows(hold_positions(query, times, _index(times))[:, 0], rows)
+
+
+def _index(times):
+    """Row numbers as three equal columns (the position helpers then look up rows)."""
+    return np.repeat(np.arange(len(times), dtype=float)[:, None], 3, axis=1)
+
+
+def _rows(index, rows):
+    out = np.full((index.size, rows.shape[1]), np.nan)
+    ok = np.isfinite(index)
+    out[ok] = rows[index[ok].astype(int)]
+    return out
+
+
+def angles(a, b):
+    """Return the angle (rad) between quaternion rows ``a`` and ``b`` (x y z w; NaN: NaN)."""
+    out = np.full(len(a), np.nan)
+    for i, (qa, qb) in enumerate(zip(a, b)):
+        if np.all(np.isfinite(qa)) and np.all(np.isfinite(qb)):
+            relative = quaternions.qmult(quaternions.qconjugate(_wxyz(qa)), _wxyz(qb))
+            out[i] = quaternions.quat2axangle(relative)[1]
+    return np.minimum(out, 2.0 * math.pi - out)       # the short way round
+
+
+def _wxyz(q):
+    """Reorder x y z w (ROS) to w x y z (transforms3d), normalised."""
+    q = np.asarray(q, float)
+    return np.array([q[3], q[0], q[1], q[2]]) / np.linalg.norm(q)
 
 
 def summarize(values):
@@ -119,13 +170,27 @@ def summarize(values):
             'samples': int(values.size)}
 
 
+def summarize_angles(values):
+    """Summarize angles (rad) as RMS, p95 and max in degrees; None figures when empty."""
+    values = _array(values)
+    if values.size == 0:
+        return {'rms_deg': None, 'p95_deg': None, 'max_deg': None}
+    degrees = np.degrees(values)
+    return {'rms_deg': float(np.sqrt(np.mean(degrees ** 2))),
+            'p95_deg': float(np.percentile(degrees, 95.0)), 'max_deg': float(degrees.max())}
+
+
 def analyse(data):
     """Return the report fields ``prediction``, ``delayed_view``, ``forward_delay_ms``, series."""
     series = errors(data)
     d_fwd = series['d_fwd'] * 1e3
+    prediction, delayed = summarize(series['e_pred']), summarize(series['e_delayed'])
+    if 'a_pred' in series:
+        prediction.update(summarize_angles(series['a_pred']))
+        delayed.update(summarize_angles(series['a_delayed']))
     return {
-        'prediction': summarize(series['e_pred']),
-        'delayed_view': summarize(series['e_delayed']),
+        'prediction': prediction,
+        'delayed_view': delayed,
         'forward_delay_ms': {'p50': float(np.median(d_fwd)) if d_fwd.size else None,
                              'max': float(d_fwd.max()) if d_fwd.size else None},
         'series': series,
@@ -191,19 +256,20 @@ def load_mcap(path, arm=contract.DEFAULT_ARM):
                 continue
             msg = deserialize_message(message.data, PoseStamped)
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            p = msg.pose.position
-            rows[role].append((received, stamp, p.x, p.y, p.z))
+            p, q = msg.pose.position, msg.pose.orientation
+            rows[role].append((received, stamp, p.x, p.y, p.z, q.x, q.y, q.z, q.w))
 
     def pose_rows(role):
-        data = np.array(rows[role], float).reshape(-1, 5)
-        return data[:, 0], data[:, 1], data[:, 2:5]
+        data = np.array(rows[role], float).reshape(-1, 9)
+        return data[:, 0], data[:, 1], data[:, 2:5], data[:, 5:9]
 
-    _r, predicted_stamp, predicted_position = pose_rows('predicted')
-    command_arrival, command_stamp, _p = pose_rows('command')
-    _r, arm_stamp, arm_position = pose_rows('arm')
-    console_time, _s, console_position = pose_rows('console')
+    _r, predicted_stamp, predicted_position, predicted_q = pose_rows('predicted')
+    command_arrival, command_stamp, _p, _q = pose_rows('command')
+    _r, arm_stamp, arm_position, arm_q = pose_rows('arm')
+    console_time, _s, console_position, console_q = pose_rows('console')
     return Streams(predicted_stamp, predicted_position, command_stamp, command_arrival,
-                   arm_stamp, arm_position, console_time, console_position, rows['safety'])
+                   arm_stamp, arm_position, console_time, console_position, rows['safety'],
+                   predicted_q, arm_q, console_q)
 
 
 def text_lines(result):
@@ -211,9 +277,11 @@ def text_lines(result):
     def line(name, figures):
         if not figures['samples']:
             return f'{name} n/a (no samples while the arm could move)'
+        angle = '' if figures.get('rms_deg') is None else (
+            f"; angle RMS {figures['rms_deg']:.2f} deg, max {figures['max_deg']:.2f} deg")
         return (f"{name} RMS {figures['rms_m'] * 1e3:.2f} mm, p95 "
-                f"{figures['p95_m'] * 1e3:.2f} mm, max {figures['max_m'] * 1e3:.2f} mm "
-                f"({figures['samples']} samples)")
+                f"{figures['p95_m'] * 1e3:.2f} mm, max {figures['max_m'] * 1e3:.2f} mm"
+                f"{angle} ({figures['samples']} samples)")
     return [line('prediction     e_pred', result['prediction']),
             line('delayed view   e_delayed', result['delayed_view'])]
 

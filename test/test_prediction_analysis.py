@@ -137,3 +137,19 @@ def test_press_script_and_contact_intervals():
     spans = bench.intervals(times, flags)
     assert len(spans) == 1
     assert spans[0][0] == pytest.approx(0.505) and spans[0][1] == pytest.approx(1.5)
+
+
+def test_orientation_errors_are_measured_when_recorded():
+    """A ghost rolled 2 degrees about the shaft: its angle error, and none for the delayed view."""
+    data = synthetic()
+    home = np.array([1.0, 0.0, 0.0, 0.0])                       # x y z w
+    half = math.radians(2.0) / 2.0
+    rolled = np.array([math.cos(half), 0.0, 0.0, -math.sin(half)])   # Rx(pi) * Rz(2 deg)
+    data.predicted_orientation = np.tile(rolled, (data.predicted_stamp.size, 1))
+    data.arm_orientation = np.tile(home, (data.arm_stamp.size, 1))
+    data.console_orientation = np.tile(-home, (data.console_time.size, 1))   # same rotation
+    result = analysis.analyse(data)
+    assert result['prediction']['rms_deg'] == pytest.approx(2.0, abs=1e-9)
+    assert result['delayed_view']['max_deg'] == pytest.approx(0.0, abs=1e-6)
+    assert 'angle RMS 2.00 deg' in analysis.text_lines(result)[0]
+    assert 'rms_deg' not in analysis.analyse(synthetic())['prediction']

@@ -426,3 +426,13 @@ def test_command_decimation_trades_micrometres_for_cpu():
             for t in np.arange(0.5, 3.9, 0.005)]
     print(f'every 2nd command: {max(gaps) * 1e6:.1f} um from the full stream at most')
     assert 0.0 < max(gaps) < 5e-5
+
+
+def test_the_size_of_the_correction():
+    predictor = Predictor(HOME)
+    assert predictor.bias() == (0.0, 0.0)
+    predictor.bias_position = np.array([0.003, 0.0, 0.004])
+    half = math.radians(3.0) / 2.0
+    predictor.bias_rotation = np.array([0.0, math.sin(half), 0.0, math.cos(half)])
+    distance, angle = predictor.bias()
+    assert distance == pytest.approx(0.005) and math.degrees(angle) == pytest.approx(3.0)

@@ -46,6 +46,7 @@ import numpy as np
 from telesurgery_ros.core import contract, kinematics
 from telesurgery_ros.core.arm_control import ArmController, ControlConfig
 from telesurgery_ros.core.teleop import quat_conjugate, quat_multiply, quat_normalize
+from transforms3d import quaternions
 
 # What the prediction is (Prediction.state).
 WAITING = 'waiting'            # no measured pose yet: the model alone, nothing to correct it
@@ -416,6 +417,7 @@ class Predictor:
         return Prediction(position, quaternion, state)
 
     def bias(self):
-        """Return the size of the correction: (m, rad)."""
-        angle = 2.0 * math.acos(min(1.0, abs(float(self.bias_rotation[3]))))
-        return float(np.linalg.norm(self.bias_position)), angle
+        """Return the size of the correction: (m, rad); for the diagnostics, not the loop."""
+        x, y, z, w = self.bias_rotation
+        angle = quaternions.quat2axangle((w, x, y, z))[1]
+        return float(np.linalg.norm(self.bias_position)), min(angle, 2.0 * math.pi - angle)

@@ -223,6 +223,7 @@ class MasterConsole(Node):
             self.create_subscription(Joy, contract.JOY_TOPIC, self._on_joy, LATEST_QOS)
         self.predictor = self._make_predictor(cfg)
         self.prediction = None
+        self.predictions_published = 0
         self.predicted_pub = None if self.predictor is None else self.create_publisher(
             PoseStamped, contract.predicted_topic(cfg.arm), STREAM_QOS)
         self._rtt_p50 = math.nan
@@ -383,6 +384,7 @@ class MasterConsole(Node):
             self.predicted_pub.publish(make_pose_stamped(
                 self.prediction.position, self.prediction.quaternion, self.frame,
                 _time_msg(stamp_ns)))
+            self.predictions_published += 1
         self._prediction_cost += time.thread_time() - started
 
     def _console_time(self, nanoseconds=None):
@@ -529,6 +531,7 @@ class MasterConsole(Node):
             'prediction_contact': predictor.contact is not None,
             'prediction_contacts': predictor.contacts,
             'prediction_stalls': predictor.stalls,
+            'predictions_published': self.predictions_published,
             'prediction_model_steps': predictor.steps,
             'prediction_skipped_steps': predictor.skipped_steps,
         })
