@@ -386,6 +386,20 @@ def test_peers_without_the_right_certificate_move_nothing(launcher, probe, lab):
     wait_for(legit, 20, interval=0.2, what='a command with the surgeon certificate')
     session.close()
 
+    # the patient link's emulation answers network/blackout as the relay does
+    from std_srvs.srv import SetBool
+    reply = probe.call(SetBool, contract.BLACKOUT_SERVICE, SetBool.Request(data=True))
+    assert reply.success, reply.message
+
+    def forward():
+        for msg in reversed(probe.messages(STATS)):
+            for status in msg.status:
+                if status.name == 'site_link: forward':
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
+    wait_for(lambda: forward().get('blackout') == 'True', 10, what='the blackout in the stats')
+
 
 def test_a_captured_sample_resent_is_dropped_as_a_replay(
         launcher, probe, probe_a, lab, domain_a):
@@ -554,3 +568,19 @@ def test_surgeon_side_says_hold_while_the_patient_site_is_away(launcher, probe_a
         patient.send(signal.SIGCONT)
     wait_for(lambda: link_status(probe_a, contract.DIAGNOSTICS_TOPIC)['connection'] ==
              'connected', 30, what='the link back once the patient link runs again')
+
+
+def test_doc_names_every_parameter_and_status_field():
+    """doc/link.md documents every name a user can see."""
+    from telesurgery_ros.nodes import site_link
+    text = open(os.path.join(ROOT, 'doc', 'link.md')).read()
+    missing = [p.name for p in site_link.PATIENT_PARAMETERS if f'`{p.name}`' not in text]
+    assert not missing, f'parameters not in doc/link.md: {missing}'
+    fields = ['connection', 'connection_since_s', 'peer_identity', 'peer_addresses',
+              'peer_sessions', 'peer_connects', 'peer_losses', 'refused_peers',
+              'last_refused', 'refused_handshakes', 'refused_by_peer', 'connect_failures',
+              'messages_sent', 'messages_received', 'held_back', 'replay_drops',
+              'sequence_gaps', 'publish_errors', 'same_domain']
+    fields += [f'replay_{cause}' for cause in link.DROP_CAUSES]
+    missing = [f for f in fields if f'`{f}`' not in text]
+    assert not missing, f'status fields not in doc/link.md: {missing}'
