@@ -339,6 +339,53 @@ def test_killed_surgeon_link_holds_then_resumes_after_realignment(
     assert link_status(probe)['peer_connects'] == '2'
 
 
+def test_a_second_publisher_in_domain_b_never_moves_the_arm(
+        launcher, probe, probe_a, lab, domain_a):
+    """Issue 12 item 5 across the link: the patient link is the one command source."""
+    from test_second_source import Intruder, motion_since, values
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    sites = TwoSites(launcher, probe, probe_a, lab, domain_a, profile='lan')
+    probe.record(DiagnosticArray, contract.DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
+    # The surgeon clutches (the console's circle stops, the arm stays where it is), so any
+    # motion from here on could only come from the second publisher.
+    clutch = Parameter(name='clutch', value=ParameterValue(type=ParameterType.PARAMETER_BOOL,
+                                                           bool_value=True))
+    result = probe_a.call(SetParameters, '/master_console/set_parameters',
+                          SetParameters.Request(parameters=[clutch]))
+    assert result.results[0].successful, result.results[0].reason
+    time.sleep(1.0)
+    origin = rosutil_tip(probe)
+    intruder = Intruder(probe)
+    try:
+        t0 = time.monotonic()
+        intruder.target = origin + np.array([0.005, 0.0, 0.0])
+        reason = 'second command source on psm1/servo_cp: node test_probe'
+        wait_for(lambda: (probe.latest(STATE) or String()).data == f'HOLD: {reason}', 10.0,
+                 what='HOLD naming the second source')
+        time.sleep(1.5)
+        intruder.target = None
+        moved = motion_since(probe, t0, origin)
+        slave = wait_for(lambda: (v := values(probe, 'slave_controller: control loop'))
+                         and int(v['second_source']) > 0 and v, 10.0, what='slave counts')
+        watchdog = wait_for(lambda: (v := values(probe, 'safety_watchdog: state'))
+                            and int(v['second_source']) > 0 and v, 10.0, what='watchdog counts')
+        print(f'second publisher in domain B: the arm moved {moved * 1e6:.2f} um; '
+              f'second_source: slave {slave["second_source"]}, watchdog '
+              f'{watchdog["second_source"]}; source kept: {slave["command_source"]}; '
+              f'watchdog: {reason}')
+        assert moved < 1e-4
+        assert slave['command_source'] == watchdog['command_source'] == 'site_link'
+        sites.wait_state(SafetyState.NOMINAL, 20.0, 'NOMINAL once the second source stopped')
+    finally:
+        intruder.close()
+
+
+def rosutil_tip(probe):
+    msg = probe.latest(MEASURED)
+    return np.array([msg.pose.position.x, msg.pose.position.y, msg.pose.position.z])
+
+
 def test_peers_without_the_right_certificate_move_nothing(launcher, probe, lab):
     import zenoh
     port = free_port()
@@ -385,6 +432,20 @@ def test_peers_without_the_right_certificate_move_nothing(launcher, probe, lab):
 
     wait_for(legit, 20, interval=0.2, what='a command with the surgeon certificate')
     session.close()
+
+    # the patient link's emulation answers network/blackout as the relay does
+    from std_srvs.srv import SetBool
+    reply = probe.call(SetBool, contract.BLACKOUT_SERVICE, SetBool.Request(data=True))
+    assert reply.success, reply.message
+
+    def forward():
+        for msg in reversed(probe.messages(STATS)):
+            for status in msg.status:
+                if status.name == 'site_link: forward':
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
+    wait_for(lambda: forward().get('blackout') == 'True', 10, what='the blackout in the stats')
 
 
 def test_a_captured_sample_resent_is_dropped_as_a_replay(
@@ -554,3 +615,19 @@ def test_surgeon_side_says_hold_while_the_patient_site_is_away(launcher, probe_a
         patient.send(signal.SIGCONT)
     wait_for(lambda: link_status(probe_a, contract.DIAGNOSTICS_TOPIC)['connection'] ==
              'connected', 30, what='the link back once the patient link runs again')
+
+
+def test_doc_names_every_parameter_and_status_field():
+    """doc/link.md documents every name a user can see."""
+    from telesurgery_ros.nodes import site_link
+    text = open(os.path.join(ROOT, 'doc', 'link.md')).read()
+    missing = [p.name for p in site_link.PATIENT_PARAMETERS if f'`{p.name}`' not in text]
+    assert not missing, f'parameters not in doc/link.md: {missing}'
+    fields = ['connection', 'connection_since_s', 'peer_identity', 'peer_addresses',
+              'peer_sessions', 'peer_connects', 'peer_losses', 'refused_peers',
+              'last_refused', 'refused_handshakes', 'refused_by_peer', 'connect_failures',
+              'messages_sent', 'messages_received', 'held_back', 'replay_drops',
+              'sequence_gaps', 'publish_errors', 'same_domain']
+    fields += [f'replay_{cause}' for cause in link.DROP_CAUSES]
+    missing = [f for f in fields if f'`{f}`' not in text]
+    assert not missing, f'status fields not in doc/link.md: {missing}'

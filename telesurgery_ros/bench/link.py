@@ -192,9 +192,10 @@ def run(ctx):
     result['tables'].insert(0, {'title': 'one-way latency (ms)',
                                 'columns': ['path', 'n', 'p50', 'p99', 'max'], 'rows': rows})
     result['tables'].append({'title': f'soak, {soak_seconds:g} s: stamps sent in the window '
-                             f'(minus the last {GRACE:g} s) never received, and sequence '
-                             'numbers the receiving links never saw',
-                             'columns': ['links', 'stream', 'sent', 'lost'],
+                             f'(minus the last {GRACE:g} s) never received (Hz: the rate the '
+                             'sender achieved), and sequence numbers the receiving links '
+                             'never saw (sent: what they received in all)',
+                             'columns': ['links', 'stream', 'sent', 'lost', 'Hz'],
                              'rows': soak_rows})
     return result
 
@@ -256,15 +257,16 @@ def _soak(ctx, result, rows, domain_a, folder, seconds, priority):
              recs['sink_a'].stream(console_topic(SETPOINT)))):
         n, lost = lost_stamps(sent, received, window.span)
         total_lost += lost
-        rows.append([how, f'{stream}, end to end', n, lost])
-        ctx.progress(f'{stream}: {n} sent, {lost} lost end to end')
+        rate = n / max(window.seconds - GRACE, 1e-9)
+        rows.append([how, f'{stream}, end to end', n, lost, round(rate, 1)])
+        ctx.progress(f'{stream}: {n} sent ({rate:.0f} Hz achieved), {lost} lost end to end')
     counts = _link_counts(recs)
     gaps = {role: int(v.get('sequence_gaps', -1)) for role, v in counts.items()}
     link_lost = sum(gaps.values()) if len(gaps) == 2 and min(gaps.values()) >= 0 else None
     for role, gap in sorted(gaps.items()):
         direction = 'commands' if role == 'patient' else 'feedback, state, statistics'
         rows.append([how, f'{direction}, on the link (at the {role} link)',
-                     counts[role].get('messages_received'), gap])
+                     counts[role].get('messages_received'), gap, '-'])
     ctx.progress(f'lost on the link (sequence gaps at the receivers): {gaps}')
     result['figures'].append(figure(
         f'lost on the link in {seconds:g} s ({RATE:g} Hz commands, full feedback, {how})',

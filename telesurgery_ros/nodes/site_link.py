@@ -35,6 +35,7 @@ from std_srvs.srv import SetBool
 
 from telesurgery_ros.core import contract, link, link_tls
 from telesurgery_ros.core.params import ConfigError, Param
+from telesurgery_ros.core.realtime import make_realtime
 from telesurgery_ros.core.scheduler import ReleaseScheduler
 from telesurgery_ros.emulation import DIRECTIONS, Emulation, PARAMETERS as EMULATION
 from telesurgery_ros.rosutil import (
@@ -77,9 +78,12 @@ COMMON_PARAMETERS = (
     Param('arm', contract.DEFAULT_ARM, 'arm namespace of the carried topics', read_only=True),
     Param('qos.depth', 100, 'queue depth of the DDS subscriptions of the streams', 'messages',
           low=1, high=10000, read_only=True),
-    Param('realtime_priority', 0, 'SCHED_FIFO priority of the executor thread and of the Zenoh '
-          'threads started after it (0: normal scheduling; needs CAP_SYS_NICE, falls back with '
-          'a warning)', low=0, high=98, read_only=True),
+    Param('realtime_priority', 45,
+          'SCHED_FIFO priority of the executor thread, of the Zenoh threads it starts and of '
+          "the patient link's release thread, used where the system permits it (root or "
+          'CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling; '
+          "as network_relay's release thread, below the slave's control loop (50)",
+          low=0, high=98, read_only=True),
     Param('zenoh_log', DEFAULT_ZENOH_LOG, "Zenoh's log filter (RUST_LOG syntax; a RUST_LOG "
           "environment variable wins); its lines are relayed into this node's log",
           read_only=True),
@@ -221,10 +225,20 @@ class SiteLink(Node):
             self.get_logger().warning(
                 f'INSECURE: plain TCP on {self.endpoint}, no authentication and no '
                 'encryption, no access control by identity; for tests on loopback only')
+        # Real time first: the release thread and Zenoh's threads inherit nothing from a
+        # thread still under normal scheduling, and a release thread below its own process's
+        # real-time threads would be starved by them (late, bunched commands).
+        self.schedule = make_realtime(cfg.realtime_priority)
+        if cfg.realtime_priority > 0 and not self.schedule.realtime:
+            self.get_logger().warning(
+                f'realtime_priority {cfg.realtime_priority} refused ({self.schedule.refused}): '
+                'the link runs with normal scheduling')
+        else:
+            self.get_logger().info(f'executor and Zenoh threads: {self.schedule.describe()}')
         if patient:
             self.emulation.start(cfg)
-            self._scheduler = ReleaseScheduler(self._release,
-                                               on_error=self._release_failed).start()
+            self._scheduler = ReleaseScheduler(self._release, on_error=self._release_failed,
+                                               priority=cfg.realtime_priority).start()
             self.emulation.scheduler = self._scheduler
             self.create_service(SetBool, contract.BLACKOUT_SERVICE,
                                 self.emulation.on_blackout_service)
@@ -245,7 +259,6 @@ class SiteLink(Node):
             for s in self.outgoing]
 
         self._zenoh_log = None
-        self._set_realtime(cfg.realtime_priority)
         if not patient:
             self._publish_local_state('waiting for the patient site')
         self._open_zenoh(cfg)
@@ -300,17 +313,6 @@ class SiteLink(Node):
             return link_tls.load_credentials(cfg.role, *paths)
         except link_tls.CredentialError as exc:
             raise ConfigError(exc.problems) from None
-
-    def _set_realtime(self, priority):
-        """Run this thread, and the Zenoh threads it starts, with SCHED_FIFO."""
-        if priority <= 0:
-            return
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-            self.get_logger().info(f'executor and Zenoh threads at SCHED_FIFO {priority}')
-        except (OSError, AttributeError) as exc:
-            self.get_logger().warning(
-                f'realtime_priority {priority} not applied ({exc}): normal scheduling')
 
     # --- Zenoh ----------------------------------------------------------------------------
 
@@ -566,6 +568,7 @@ class SiteLink(Node):
             'own_identity': self.own_cn or '-',
             'session': self.session_id.hex(),
             'lease_s': cfg.lease,
+            'scheduling': self.schedule.describe(),
             'messages_sent': self.counts['sent'],
             'messages_received': self.counts['received'],
             'held_back': self.counts['held_back'],
