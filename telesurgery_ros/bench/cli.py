@@ -20,7 +20,7 @@ import traceback
 
 from telesurgery_ros.bench.machine import machine_info
 from telesurgery_ros.bench.report import (
-    copy_plots, markdown_report, print_result, target_rows, TARGET_COLUMNS, text_table,
+    copy_plots, markdown_report, print_result, TARGET_COLUMNS, target_rows, text_table,
     write_result)
 from telesurgery_ros.bench.stack import BenchError, Stack, Unavailable
 from telesurgery_ros.domain import isolate

@@ -174,7 +174,8 @@ class Recorder(Node):
         self.recorder = McapRecorder(cfg.output)
         self.subs = []
         for topic, type_name, role in recorded_topics(cfg.arm):
-            qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
+            qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS,
+                   'diagnostics': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
             self.subs.append(self.create_subscription(
                 import_message(type_name), topic, self._writer('/' + topic, type_name), qos,
                 raw=True))

@@ -68,7 +68,7 @@ def run(ctx):
             '(load average at start: '
             f"{result['machine']['load_average'][0]:.1f} on {result['machine']['cores']} "
             'cores) more than the emulation. What would fix it: a quiet machine, real-time '
-            'priority (SCHED_FIFO, the relay\'s realtime_priority: see its log line \'release '
+            "priority (SCHED_FIFO, the relay's realtime_priority: see its log line 'release "
             "thread: ...') for the relay and the receiver, or the delay done in the kernel "
             '(tc netem).')
     return result

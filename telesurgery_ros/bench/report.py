@@ -166,7 +166,7 @@ def markdown_report(results_dir, plots_prefix='doc/bench'):
         '- `control-loop`: the slave alone (baseline) vs all four nodes at their default '
         'rates with `rome_beijing_2024` and an MCAP recorder; CPU of the four nodes per arm.',
         '- `hold-reaction`: commands stop 25 times; first HOLD - last command, against the '
-        'watchdog\'s `commands.timeout`.',
+        "watchdog's `commands.timeout`.",
         '- `tracking`: scripted suture motion per profile; error of the arm vs the command '
         "it received and vs the surgeon's intent at the same instant.",
         '- `scale`: 1, 2 and 4 whole stacks, each in its own namespace `/armN`; every '
@@ -223,7 +223,7 @@ TARGET_COLUMNS = ['suite', 'figure', 'value', 'baseline', 'target', 'verdict', '
 
 
 def targets_section(results):
-    """The 'targets at a glance' table of the README section (lines)."""
+    """Return the lines of the 'targets at a glance' table of the performance section."""
     rows = target_rows(results)
     if not rows:
         return []

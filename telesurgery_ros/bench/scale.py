@@ -107,8 +107,8 @@ def run(ctx, arms=ARMS):
         p99 = r['latency_ms']['p99']
         result['figures'].append(figure(
             f'{n} arms: latency p99', p99, 'ms', one['latency_ms']['p99'], f'{first} arm',
-            None if limit is None else f'<= {limit:g} ms' + (' (moonshot)' if kind ==
-                                                              'moonshot' else ''),
+            None if limit is None else
+            f'<= {limit:g} ms' + (' (moonshot)' if kind == 'moonshot' else ''),
             None if limit is None or p99 is None else p99 <= limit))
         slowest = r['slowest_loop_hz']
         result['figures'].append(figure(

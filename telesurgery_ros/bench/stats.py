@@ -47,7 +47,7 @@ def figure(name, value, unit, baseline=None, baseline_name='', target=None, met=
 
 
 def moonshot(met):
-    """The note of a figure that also states whether its moonshot target was reached."""
+    """Return the note of a figure that says whether its moonshot target was reached."""
     return 'moonshot met' if met else ''
 
 
