@@ -688,6 +688,9 @@ def main(argv=None):
         signals.append(signum)
         stop.set()
 
+    # The monitor is UDP-only like the nodes (telesurgery_ros/transport.py says why).
+    from telesurgery_ros import transport
+    transport.configure()
     # Our own handlers: rclpy's would shut the context down before the recording is closed.
     rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -53,10 +53,14 @@ def isolate(environ=os.environ):
     """
     Claim a domain and set up ``environ`` for localhost-only discovery; return the id.
 
-    Call it before anything initialises rclpy; child processes inherit the environment.
+    Call it before anything initialises rclpy; child processes inherit the environment. The
+    DDS transport of this process (and of the children) is made UDP-only like the nodes'
+    (:func:`telesurgery_ros.transport.configure`).
     """
+    from telesurgery_ros import transport
     domain = claim_domain()
     settings = isolated_environment(domain, environ)
     environ.pop('ROS_STATIC_PEERS', None)
     environ.update(settings)
+    transport.configure(environ)
     return domain

@@ -85,6 +85,34 @@ def _ours(path):
     return os.path.basename(path or '').startswith(PROFILE_PREFIX)
 
 
+ORIGINAL_RANGE = 'TELESURGERY_DISCOVERY_RANGE'      # what the profile stands in for
+
+
+def _hand_range_to_profile(env):
+    # The profile carries the localhost discovery; LOCALHOST would make rmw_fastrtps replace
+    # its transports with SHM + UDP again.
+    env[ORIGINAL_RANGE] = 'LOCALHOST'
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'SYSTEM_DEFAULT'
+    env.pop('ROS_LOCALHOST_ONLY', None)
+
+
+def middleware_default(environ=None):
+    """
+    Undo :func:`configure` in ``environ``: the middleware's own transports (SHM included).
+
+    For a process that must behave like any other ROS tool (the tests' stand-in for a
+    monitoring tool); call before ``rclpy.init()``.
+    """
+    env = os.environ if environ is None else environ
+    for var in _PROFILE_VARS:
+        if _ours(env.get(var)):
+            env.pop(var)
+    if env.pop(ORIGINAL_RANGE, None) == 'LOCALHOST':
+        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    if env.get('FASTDDS_BUILTIN_TRANSPORTS') == 'UDPv4':
+        env.pop('FASTDDS_BUILTIN_TRANSPORTS')
+
+
 def configure(environ=None, directory=None):
     """
     Make this process's DDS participant UDP-only; return ``(description, warning or None)``.
@@ -109,15 +137,14 @@ def configure(environ=None, directory=None):
                 'stopped peer can block publish() (see doc/arm.md); UDP only is the default'
                 if shm else None)
     if any(_ours(env.get(v)) for v in _PROFILE_VARS):
+        if localhost:                  # LOCALHOST set again (a child's environment)
+            _hand_range_to_profile(env)
         return 'DDS transport UDPv4 only, discovery on localhost (inherited profile)', None
     if localhost:
         peers = [p.strip() for p in env.get('ROS_STATIC_PEERS', '').split(';') if p.strip()]
         env['FASTDDS_DEFAULT_PROFILES_FILE'] = _write_profile(localhost_profile(peers),
                                                               directory)
-        # The profile now carries the localhost discovery; LOCALHOST would make rmw_fastrtps
-        # replace its transports with SHM + UDP again.
-        env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'SYSTEM_DEFAULT'
-        env.pop('ROS_LOCALHOST_ONLY', None)
+        _hand_range_to_profile(env)
         return ('DDS transport UDPv4 only (no shared memory), discovery on localhost'
                 + (f' and {len(peers)} static peer(s)' if peers else '')), None
     env['FASTDDS_BUILTIN_TRANSPORTS'] = 'UDPv4'

@@ -11,15 +11,18 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 import rclpy
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
+from telesurgery_ros import transport
 from telesurgery_ros.core import contract
 from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, SAFETY_QOS, STREAM_QOS
 
 
 def main():
+    transport.middleware_default()      # not one of our nodes: the middleware's own set-up
     rclpy.init()
     node = Node('monitoring_tool')
     topics = contract.arm_topics()
@@ -44,7 +47,7 @@ def main():
             if time.monotonic() - last >= 1.0:
                 last = time.monotonic()
                 print(f'received {count[0]}', flush=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         node.destroy_node()

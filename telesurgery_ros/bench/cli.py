@@ -4,9 +4,9 @@ The ``telesurgery-bench`` command: run benchmark suites, or print the README sec
 ``telesurgery-bench SUITE`` runs a benchmark suite; ``telesurgery-bench report DIR`` prints
 the README performance section generated from a results directory.
 
-Suites: latency, relay-accuracy, control-loop, tracking, scale, safety-soak, link, prediction,
-hold-reaction, all. ``all`` runs every suite but safety-soak and prediction (under 10 minutes on
-2 cores; the prediction sweep alone takes about 6). ``--quick`` runs each
+Suites: latency, relay-accuracy, control-loop, hold-reaction, tracking, scale, safety-soak,
+link, prediction, all. ``all`` runs latency, relay-accuracy, control-loop, hold-reaction,
+tracking and scale (under 10 minutes on 2 cores). ``--quick`` runs each
 measurement for a couple of seconds: for smoke tests, not for figures.
 """
 import argparse
@@ -20,7 +20,8 @@ import traceback
 
 from telesurgery_ros.bench.machine import machine_info
 from telesurgery_ros.bench.report import (
-    copy_plots, markdown_report, print_result, write_result)
+    copy_plots, markdown_report, print_result, TARGET_COLUMNS, target_rows, text_table,
+    write_result)
 from telesurgery_ros.bench.stack import BenchError, Stack, Unavailable
 from telesurgery_ros.domain import isolate
 
@@ -28,13 +29,14 @@ SUITES = {
     'latency': 'telesurgery_ros.bench.latency',
     'relay-accuracy': 'telesurgery_ros.bench.relay_accuracy',
     'control-loop': 'telesurgery_ros.bench.control_loop',
+    'hold-reaction': 'telesurgery_ros.bench.hold_reaction',
     'tracking': 'telesurgery_ros.bench.tracking',
     'scale': 'telesurgery_ros.bench.scale',
     'safety-soak': 'telesurgery_ros.bench.safety_soak',
     'link': 'telesurgery_ros.bench.link',
     'prediction': 'telesurgery_ros.bench.prediction',
 }
-ALL = ('latency', 'relay-accuracy', 'control-loop', 'tracking', 'scale')
+ALL = ('latency', 'relay-accuracy', 'control-loop', 'hold-reaction', 'tracking', 'scale')
 
 
 class Context:
@@ -124,16 +126,22 @@ def main(argv=None):
     names = ALL if args.suite == 'all' else (args.suite,)
     ctx.progress(f'{", ".join(names)} -> {outdir} (ROS_DOMAIN_ID={domain})')
     failed = []
+    done = []
     for name in names:
         try:
-            if run_suite(name, ctx) is None:
+            result = run_suite(name, ctx)
+            if result is None:
                 failed.append(name)
+            else:
+                done.append(result)
         except KeyboardInterrupt:
             ctx.progress('interrupted')
             sys.exit(130)
         except Exception:                      # one broken suite must not lose the others
             traceback.print_exc()
             failed.append(name)
+    if len(done) > 1 and target_rows(done):
+        print('\n== targets of this run\n' + text_table(TARGET_COLUMNS, target_rows(done)))
     ctx.progress(f'finished; results in {outdir}'
                  + (f'; FAILED: {", ".join(failed)}' if failed else ''))
     sys.exit(1 if failed else 0)

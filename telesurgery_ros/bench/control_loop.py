@@ -2,20 +2,29 @@
 ``control-loop``: the slave's 1 kHz physics/control loop while the whole stack runs.
 
 Baseline: the slave alone (``require_safety`` off, nothing else running), measured in the same
-run. Then all four nodes (console with the scripted suture motion, relay with
-``rome_beijing_2024``, slave, watchdog). Rate, period jitter p99 and overrun fraction come from
-the slave's own ``/diagnostics`` status ``<node>: control loop``; CPU per node from
+run. Then all four nodes at their default rates (console with the scripted suture motion at
+500 Hz, relay with ``rome_beijing_2024``, slave at 1 kHz with feedback at 200 Hz, watchdog)
+and an MCAP recorder of the demo's topics. Rate, period jitter p99 and overrun fraction come
+from the slave's own ``/diagnostics`` status ``<node>: control loop``; CPU per node from
 ``/proc/<pid>/stat`` (user + system) over the window. The watchdog runs with the bench limits
-(:data:`telesurgery_ros.bench.latency.BENCH_WATCHDOG`).
+(:data:`telesurgery_ros.bench.latency.BENCH_WATCHDOG`). Targets (issue 13): overruns < 1 %
+(moonshot 0.1 %), jitter p99 <= 2x the slave alone (1.2x), CPU of the four nodes per arm
+<= 60 % of a core (35 %).
 """
 from telesurgery_ros.bench.latency import full_stack
 from telesurgery_ros.bench.measure import measure
 from telesurgery_ros.bench.stack import BenchError, require_nodes
-from telesurgery_ros.bench.stats import figure
+from telesurgery_ros.bench.stats import figure, moonshot, ratio
 from telesurgery_ros.core.contract import arm_topics
 
 PROFILE = 'rome_beijing_2024'
 TARGET_OVERRUNS = 0.01
+MOONSHOT_OVERRUNS = 0.001
+TARGET_JITTER_RATIO = 2.0
+MOONSHOT_JITTER_RATIO = 1.2
+TARGET_CPU = 60.0
+MOONSHOT_CPU = 35.0
+NODES = ('master_console', 'network_relay', 'slave_controller', 'safety_watchdog')
 CONSOLE = {'trajectory.shape': 'suture'}
 LOOP_STATUS = 'control loop'
 
@@ -41,7 +50,9 @@ def loop_figures(statuses, window, name_part=LOOP_STATUS):
     jitter = values('period_jitter_p99_ms')
     overrun = values('overrun_fraction')
     cost = values('tick_cost_mean_us')
+    scheduling = [s['values'].get('scheduling') for s in picked if 'scheduling' in s['values']]
     return {
+        'scheduling': scheduling[-1] if scheduling else None,
         'reports': len(picked),
         'rate_hz': sum(rates) / len(rates) if rates else None,
         'jitter_p99_ms_worst': max(jitter) if jitter else None,
@@ -55,22 +66,27 @@ def slave_alone(stack):
     stack.node('slave_controller', {'require_safety': False})
 
 
+def met_below(value, target):
+    return None if value is None else value < target
+
+
 def run(ctx):
     require_nodes('slave_controller')
     seconds = ctx.seconds(20.0, 2.5)
     result = ctx.new_result('control-loop', {'profile': PROFILE, 'window_s': seconds,
-                                             'console': CONSOLE})
+                                             'console': CONSOLE, 'recorder': True})
     measured = arm_topics()['measured_cp']
     sink = {'diagnostics': True}
     ctx.progress(f'slave alone for {seconds:g} s (baseline)')
     alone = measure(ctx, 'slave-alone', slave_alone, [measured], seconds, warmup=1.5,
                     sink_options=sink)
     base = loop_figures(alone.recording.statuses, alone.window.span)
-    require_nodes('master_console', 'network_relay', 'safety_watchdog')
-    ctx.progress(f'whole stack ({PROFILE}) for {seconds:g} s')
+    require_nodes(*NODES)
+    ctx.progress(f'whole stack ({PROFILE}) and a recorder for {seconds:g} s')
 
     def start(stack):
         full_stack(stack, relay_params={'profile': PROFILE}, console_params=CONSOLE)
+        stack.recorder()
     full = measure(ctx, 'whole-stack', start, [measured], seconds, warmup=2.0,
                    sink_options=sink)
     loaded = loop_figures(full.recording.statuses, full.window.span)
@@ -82,21 +98,35 @@ def run(ctx):
     f = result['figures']
     f.append(figure('loop rate, whole stack', loaded['rate_hz'], 'Hz', base['rate_hz'],
                     'slave alone'))
-    f.append(figure('period jitter p99 (worst report), whole stack',
-                    loaded['jitter_p99_ms_worst'], 'ms', base['jitter_p99_ms_worst'],
+    worst, worst_base = loaded['jitter_p99_ms_worst'], base['jitter_p99_ms_worst']
+    jitter_ratio = ratio(worst, worst_base)
+    jitter_met = None if jitter_ratio is None else jitter_ratio <= TARGET_JITTER_RATIO
+    f.append(figure('period jitter p99 (worst report), whole stack', worst, 'ms', worst_base,
+                    'slave alone', f'<= {TARGET_JITTER_RATIO:g}x slave alone (moonshot '
+                    f'{MOONSHOT_JITTER_RATIO:g}x)', jitter_met,
+                    moonshot(jitter_ratio is not None
+                             and jitter_ratio <= MOONSHOT_JITTER_RATIO)))
+    f.append(figure('period jitter p99 (mean of reports), whole stack',
+                    loaded['jitter_p99_ms_mean'], 'ms', base['jitter_p99_ms_mean'],
                     'slave alone'))
     over = loaded['overrun_fraction']
     f.append(figure('overrun fraction, whole stack', over, '', base['overrun_fraction'],
-                    'slave alone', f'< {TARGET_OVERRUNS:.0%}',
-                    None if over is None else over < TARGET_OVERRUNS))
+                    'slave alone', f'< {TARGET_OVERRUNS:.0%} (moonshot '
+                    f'{MOONSHOT_OVERRUNS:.1%})', met_below(over, TARGET_OVERRUNS),
+                    moonshot(over is not None and over < MOONSHOT_OVERRUNS)))
     f.append(figure('tick cost mean, whole stack', loaded['tick_cost_mean_us'], 'us',
                     base['tick_cost_mean_us'], 'slave alone'))
     cpu_alone = alone.cpu.get('slave_controller')
     f.append(figure('slave CPU, whole stack', full.cpu.get('slave_controller'), '% core',
                     cpu_alone, 'slave alone'))
-    nodes = ('master_console', 'network_relay', 'slave_controller', 'safety_watchdog')
-    total = sum(full.cpu.get(n) or 0.0 for n in nodes)
+    missing = [n for n in NODES if full.cpu.get(n) is None]
+    total = None if missing else sum(full.cpu[n] for n in NODES)
     f.append(figure('CPU of the four nodes', total, '% core', 200.0, 'both cores'))
+    f.append(figure('whole-stack CPU per arm, default rates', total, '% core', cpu_alone,
+                    'slave alone', f'<= {TARGET_CPU:g} % core (moonshot {MOONSHOT_CPU:g} %)',
+                    None if total is None else total <= TARGET_CPU,
+                    moonshot(total is not None and total <= MOONSHOT_CPU)))
+    f.append(figure('recorder CPU, whole stack', full.cpu.get('recorder'), '% core'))
     result['tables'].append({
         'title': 'CPU per process over the window (% of one core)',
         'columns': ['process', 'slave alone', 'whole stack'],
@@ -105,17 +135,23 @@ def run(ctx):
     result['tables'].append({
         'title': 'slave control loop (from its /diagnostics status)',
         'columns': ['run', 'reports', 'rate Hz', 'jitter p99 worst ms', 'jitter p99 mean ms',
-                    'overrun fraction', 'tick cost us'],
+                    'overrun fraction', 'tick cost us', 'scheduling'],
         'rows': [[label, d['reports'], d['rate_hz'], d['jitter_p99_ms_worst'],
-                  d['jitter_p99_ms_mean'], d['overrun_fraction'], d['tick_cost_mean_us']]
+                  d['jitter_p99_ms_mean'], d['overrun_fraction'], d['tick_cost_mean_us'],
+                  d['scheduling']]
                  for label, d in (('slave alone', base), ('whole stack', loaded))]})
-    if over is not None and over >= TARGET_OVERRUNS:
+    load = result['machine']['load_average'][0]
+    result['notes'].append(
+        f"control thread: {loaded['scheduling']} (the slave's realtime_priority; where it is "
+        'refused the loop runs with normal scheduling and says so)')
+    if any(row['met'] is False for row in f):
         result['notes'].append(
-            "overrun target missed: the slave's 1 kHz Python timer shares the cores with "
-            'three other Python nodes and the recording sink (load average at start: '
-            f"{result['machine']['load_average'][0]:.1f}); an overrun is a period over 1.5 "
-            'ms, i.e. the process was not scheduled in time. What would fix it: real-time '
-            'priority or a reserved core for the slave, a C++ control loop, or a 500 Hz loop.')
-    result['notes'].append('the sink process (recording measured_cp and /diagnostics) runs '
-                           'in both windows and is listed in the CPU table')
+            'targets missed at a load average of '
+            f'{load:.1f} at start: the loop itself keeps its deadlines under SCHED_FIFO; '
+            'what remains is the cost of each message in rclpy and Fast DDS (a process '
+            'receiving 1,000 messages/s with an empty callback already uses about 5 % of a '
+            'core here), see doc/benchmarks.md')
+    result['notes'].append('the sink (measured_cp and /diagnostics) runs in both windows, the '
+                           "recorder (the demo's topics to MCAP) in the whole-stack window; "
+                           'both are listed in the CPU table')
     return result

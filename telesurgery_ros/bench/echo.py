@@ -9,6 +9,10 @@ header stamp and the position, plus /diagnostics statuses and ``safety/state`` i
 writes ``<output>.npz`` and ``<output>.json`` when it is stopped (SIGINT). Both clocks are the
 machine's CLOCK_REALTIME, so ``receive - stamp`` is the one-way latency, with no clock sync.
 Together they make the bare-hop baseline: two processes, one DDS hop, nothing else.
+
+``python -m telesurgery_ros.bench.echo record --ros-args -p output:=/tmp/x.mcap`` records what
+``telesurgery-demo`` records (:func:`telesurgery_ros.demo.recorded_topics`, raw CDR to MCAP
+with :class:`telesurgery_ros.recorder.McapRecorder`): the recorder of the control-loop suite.
 """
 import json
 import signal
@@ -35,6 +39,10 @@ SOURCE_PARAMS = (
     Param('position', list(HOME_POSITION), 'constant tool-tip position (x, y, z)', 'm',
           item_type=float,
           check=lambda v: None if len(v) == 3 else 'needs exactly 3 values (x, y, z)'),
+    Param('gap_period', 0.0, 'stop publishing for gap_length once per this period (0: never)',
+          's', low=0.0, high=60.0),
+    Param('gap_length', 0.0, 'length of each pause (see gap_period)', 's', low=0.0,
+          high=60.0),
 )
 
 SINK_PARAMS = (
@@ -43,6 +51,13 @@ SINK_PARAMS = (
     Param('output', '', "path prefix of the <output>.npz/.json written on exit ('' = none)"),
     Param('diagnostics', False, 'also record /diagnostics and network/stats statuses'),
     Param('safety', False, 'also record safety/state messages'),
+    Param('status_topics', [], 'more DiagnosticArray topics to record (e.g. /arm1/diagnostics)',
+          item_type=str),
+)
+
+RECORD_PARAMS = (
+    Param('output', 'bench.mcap', 'MCAP file to write'),
+    Param('arm', 'psm1', 'arm namespace of the recorded topics'),
 )
 
 
@@ -56,10 +71,19 @@ class Source(Node):
         self._msg = make_pose_stamped(cfg.position, HOME_ORIENTATION, cfg.frame_id,
                                       self.get_clock().now().to_msg())
         self.sent = 0
+        self.cfg = cfg
+        self._t0 = time.monotonic()
         self.create_timer(1.0 / cfg.rate, self._tick)
-        self.get_logger().info(f'publishing on {cfg.topic} at {cfg.rate:g} Hz')
+        self.get_logger().info(
+            f'publishing on {cfg.topic} at {cfg.rate:g} Hz' + (
+                f', pausing {cfg.gap_length:g} s every {cfg.gap_period:g} s'
+                if cfg.gap_period > 0 else ''))
 
     def _tick(self):
+        cfg = self.cfg
+        if cfg.gap_period > 0 and (time.monotonic() - self._t0) % cfg.gap_period > (
+                cfg.gap_period - cfg.gap_length):
+            return
         now = time.time_ns()
         stamp = self._msg.header.stamp
         stamp.sec, stamp.nanosec = divmod(now, 1_000_000_000)
@@ -82,10 +106,12 @@ class Sink(Node):
         for topic in self.cfg.topics:
             self.create_subscription(PoseStamped, topic, self._pose_callback(topic),
                                      STREAM_QOS)
+        status_topics = list(self.cfg.status_topics)
         if self.cfg.diagnostics:
-            for topic in (DIAGNOSTICS_TOPIC, NETWORK_STATS_TOPIC):
-                self.create_subscription(DiagnosticArray, topic, self._status_callback(topic),
-                                         DIAGNOSTICS_QOS)
+            status_topics += [DIAGNOSTICS_TOPIC, NETWORK_STATS_TOPIC]
+        for topic in status_topics:
+            self.create_subscription(DiagnosticArray, topic, self._status_callback(topic),
+                                     DIAGNOSTICS_QOS)
         if self.cfg.safety:
             self.create_subscription(String, SAFETY_STATE_TOPIC, self._on_safety, SAFETY_QOS)
         self.get_logger().info(f'recording {", ".join(self.cfg.topics)}')
@@ -136,11 +162,42 @@ class Sink(Node):
             json.dump(meta, handle)
 
 
+class Recorder(Node):
+    """Record the demo's topics raw to MCAP, as a recording tool next to the stack does."""
+
+    def __init__(self):
+        super().__init__('bench_recorder')
+        from telesurgery_ros.demo import recorded_topics
+        from telesurgery_ros.nodes.network_relay import import_message
+        from telesurgery_ros.recorder import McapRecorder
+        cfg = declare_parameters(self, RECORD_PARAMS)
+        self.recorder = McapRecorder(cfg.output)
+        self.subs = []
+        for topic, type_name, role in recorded_topics(cfg.arm):
+            qos = {'safety': SAFETY_QOS, 'stats': DIAGNOSTICS_QOS,
+                   'diagnostics': DIAGNOSTICS_QOS}.get(role, STREAM_QOS)
+            self.subs.append(self.create_subscription(
+                import_message(type_name), topic, self._writer('/' + topic, type_name), qos,
+                raw=True))
+        self.get_logger().info(f'recording {len(self.subs)} topics to {cfg.output}')
+
+    def _writer(self, topic, type_name):
+        write = self.recorder.write
+
+        def on_message(data):
+            write(topic, type_name, data, time.time_ns())
+        return on_message
+
+    def on_shutdown(self):
+        self.recorder.close()
+        self.get_logger().info(f'recorded {self.recorder.counts}')
+
+
 def main(args=None):
     argv = sys.argv[1:] if args is None else list(args)
-    roles = {'source': Source, 'sink': Sink}
+    roles = {'source': Source, 'sink': Sink, 'record': Recorder}
     if not argv or argv[0] not in roles:
-        print('usage: python -m telesurgery_ros.bench.echo {source|sink} --ros-args ...',
+        print('usage: python -m telesurgery_ros.bench.echo {source|sink|record} --ros-args ...',
               file=sys.stderr)
         sys.exit(2)
     sys.exit(run_node(roles[argv[0]], [sys.argv[0], *argv[1:]]))

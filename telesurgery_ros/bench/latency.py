@@ -18,7 +18,7 @@ from telesurgery_ros.bench.stats import figure, summarize
 from telesurgery_ros.core.contract import arm_topics, console_topic
 
 RATE = 1000.0                                  # Hz, the teleoperation loop rate
-TARGET_RELAY_RATIO = 2.5
+TARGET_RELAY_RATIO = 2.0                       # issue 13: must not regress past 2x
 SERVO = arm_topics()['servo_cp']
 SETPOINT = arm_topics()['setpoint_cp']
 ROUND_TRIP = console_topic(SETPOINT)

@@ -11,12 +11,13 @@ import math
 import os
 import shutil
 
-SUITE_ORDER = ('latency', 'relay-accuracy', 'control-loop', 'tracking', 'scale', 'safety-soak',
-               'prediction')
+SUITE_ORDER = ('latency', 'relay-accuracy', 'control-loop', 'hold-reaction', 'tracking', 'scale',
+               'safety-soak', 'link', 'prediction')
 TITLES = {
     'latency': 'Latency: what the stack adds on top of the network',
     'relay-accuracy': 'Relay accuracy: configured vs achieved delay',
     'control-loop': 'Control loop: the slave at 1 kHz with the whole stack running',
+    'hold-reaction': 'HOLD reaction: the watchdog after the last command',
     'tracking': 'Tracking: tool-tip error vs network profile',
     'scale': 'Scale: 1, 2 and 4 arms in one stack',
     'safety-soak': 'Safety soak: nominal operation under a long-distance profile',
@@ -85,8 +86,9 @@ def figure_rows(result):
         unit = f" {f['unit']}" if f['unit'] else ''
         base = ('-' if f['baseline'] is None
                 else f"{fmt(f['baseline'])}{unit} ({f['baseline_name']})")
+        verdict = _verdict(f['met']) + (f" ({f['note']})" if f.get('note') else '')
         rows.append([f['name'], f'{fmt(f["value"])}{unit}', base, _ratio_text(f['ratio']),
-                     f['target'] or '', _verdict(f['met'])])
+                     f['target'] or '', verdict.strip()])
     return rows
 
 
@@ -161,11 +163,14 @@ def markdown_report(results_dir, plots_prefix='doc/bench'):
         '- `relay-accuracy`: constant delays of 10, 70 and 300 ms (`forward.delay` '
         'override, no jitter, no loss) at 500 Hz and 1 kHz; error = achieved - configured - '
         'zero-impairment p50 of the same rate.',
-        '- `control-loop`: the slave alone (baseline) vs all four nodes with '
-        '`rome_beijing_2024`.',
+        '- `control-loop`: the slave alone (baseline) vs all four nodes at their default '
+        'rates with `rome_beijing_2024` and an MCAP recorder; CPU of the four nodes per arm.',
+        '- `hold-reaction`: commands stop 25 times; first HOLD - last command, against the '
+        "watchdog's `commands.timeout`.",
         '- `tracking`: scripted suture motion per profile; error of the arm vs the command '
         "it received and vs the surgeon's intent at the same instant.",
-        '- `scale`: 1, 2 and 4 whole stacks, each in its own namespace `/armN`.', '']
+        '- `scale`: 1, 2 and 4 whole stacks, each in its own namespace `/armN`; every '
+        "arm's loop rate and overrun fraction from its own diagnostics.", '']
     first = results[0]
     lines += [f"Measured on {machine_line(first['machine'])}; "
               f"{first['machine'].get('utc', '')}.", '']
@@ -178,6 +183,7 @@ def markdown_report(results_dir, plots_prefix='doc/bench'):
                   'other work): the figures are what the stack does under CPU contention, '
                   'not on a quiet machine. The ratios to the same-run baselines are the '
                   'part to compare across machines.', '']
+    lines += targets_section(results)
     for result in results:
         load = result['machine'].get('load_average')
         load_text = f', load average {load[0]:.1f} at start' if load else ''
@@ -199,6 +205,31 @@ def markdown_report(results_dir, plots_prefix='doc/bench'):
         if result.get('notes') or result.get('skipped'):
             lines.append('')
     return '\n'.join(lines).rstrip() + '\n'
+
+
+def target_rows(results):
+    """Every figure with a target, across suites: suite, figure, value, baseline, verdict."""
+    rows = []
+    for result in results:
+        load = result['machine'].get('load_average')
+        for row, f in zip(figure_rows(result), result['figures']):
+            if f['target']:
+                rows.append([result['suite'], row[0], row[1], row[2], row[4], row[5],
+                             fmt(load[0]) if load else '-'])
+    return rows
+
+
+TARGET_COLUMNS = ['suite', 'figure', 'value', 'baseline', 'target', 'verdict', 'load']
+
+
+def targets_section(results):
+    """Return the lines of the 'targets at a glance' table of the performance section."""
+    rows = target_rows(results)
+    if not rows:
+        return []
+    return ['### Targets at a glance', '',
+            'Every figure with a target, from the suites below (load: the load average at '
+            'the start of the suite).', '', markdown_table(TARGET_COLUMNS, rows), '']
 
 
 def copy_plots(results_dir, dest):

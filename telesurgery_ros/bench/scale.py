@@ -4,12 +4,16 @@
 Arm ``k`` runs the four nodes in ``/armk`` (every topic of the nodes is relative, so they all
 move into the namespace; ``/diagnostics`` is absolute and is remapped to ``/armk/diagnostics``
 so that a watchdog only sees its own slave). Relay profile ``none``. Measured: CPU of all node
-processes over the window, and the console-sample -> slave-input latency of every arm
+processes over the window, the console-sample -> slave-input latency of every arm
 (``/armk/psm1/servo_cp`` as delivered by the relay, receive - stamp; it flows whatever the
-safety state). Growth per arm is relative to the 1-arm run.
+safety state), and each arm's loop rate and overrun fraction from its slave's own
+``/armk/diagnostics``. Growth per arm is relative to the 1-arm run. Targets (issue 13): with 2
+arms on 2 cores, latency p99 <= 5 ms and every loop at >= 990 Hz; moonshot: 4 arms, p99 <= 10
+ms.
 """
 import numpy as np
 
+from telesurgery_ros.bench.control_loop import loop_figures
 from telesurgery_ros.bench.latency import full_stack
 from telesurgery_ros.bench.measure import measure
 from telesurgery_ros.bench.stack import BenchError, require_nodes
@@ -19,10 +23,25 @@ from telesurgery_ros.core.contract import arm_topics
 ARMS = (1, 2, 4)
 CONSOLE = {'trajectory.shape': 'suture'}
 NODES = ('master_console', 'network_relay', 'slave_controller', 'safety_watchdog')
+TARGET_P99_MS = {2: (5.0, 'target'), 4: (10.0, 'moonshot')}
+TARGET_LOOP_HZ = 990.0
 
 
 def namespace(k):
     return f'arm{k}'
+
+
+def diagnostics_topic(k):
+    return f'/{namespace(k)}/diagnostics'
+
+
+def arm_loops(m, n):
+    """Per arm: the loop figures of its slave over the window (None where none arrived)."""
+    out = {}
+    for k in range(1, n + 1):
+        statuses = [s for s in m.recording.statuses if s['topic'] == diagnostics_topic(k)]
+        out[k] = loop_figures(statuses, m.window.span)
+    return out
 
 
 def run(ctx, arms=ARMS):
@@ -30,7 +49,7 @@ def run(ctx, arms=ARMS):
     seconds = ctx.seconds(10.0, 2.0)
     result = ctx.new_result('scale', {'arms': list(arms), 'window_s': seconds,
                                       'console': CONSOLE, 'profile': 'none'})
-    rows = []
+    rows, arm_rows = [], []
     runs = {}
     for n in arms:
         ctx.progress(f'{n} arm(s) for {seconds:g} s')
@@ -40,10 +59,12 @@ def run(ctx, arms=ARMS):
             for k in range(1, n + 1):
                 ns = namespace(k)
                 full_stack(stack, console_params=CONSOLE, namespace=ns,
-                           remaps={'/diagnostics': f'/{ns}/diagnostics'})
+                           remaps={'/diagnostics': diagnostics_topic(k)})
         try:
             m = measure(ctx, f'scale-{n}', start, topics, seconds, warmup=2.0,
-                        ready_timeout=30.0 + 15.0 * n, fail_on_estop=False)
+                        ready_timeout=30.0 + 15.0 * n, fail_on_estop=False,
+                        sink_options={'status_topics': [diagnostics_topic(k)
+                                                        for k in range(1, n + 1)]})
         except BenchError as exc:
             result['skipped'].append(f'{n} arm(s): {exc}'.splitlines()[0])
             ctx.progress(f'  {n} arm(s) FAILED: {exc}')
@@ -54,11 +75,22 @@ def run(ctx, arms=ARMS):
         total = sum(v or 0.0 for v in node_cpu.values())
         per_node = {kind: sum(v or 0.0 for name, v in node_cpu.items()
                               if name.endswith('/' + kind)) / n for kind in NODES}
+        loops = arm_loops(m, n)
+        rates = [d['rate_hz'] for d in loops.values() if d and d['rate_hz'] is not None]
+        slowest = min(rates) if len(rates) == n else None
         runs[n] = {'latency_ms': s, 'cpu_total': total, 'cpu_per_arm': total / n,
-                   'cpu_per_node_kind_per_arm': per_node, 'cpu': m.cpu}
-        rows.append([n, total, total / n, *(per_node[k] for k in NODES), s['p50'], s['p99']])
+                   'cpu_per_node_kind_per_arm': per_node, 'cpu': m.cpu,
+                   'loops': {str(k): v for k, v in loops.items()}, 'slowest_loop_hz': slowest}
+        rows.append([n, total, total / n, *(per_node[k] for k in NODES), s['p50'], s['p99'],
+                     slowest])
+        for k, d in loops.items():
+            arm_rows.append([n, namespace(k), None if d is None else d['rate_hz'],
+                             None if d is None else d['overrun_fraction'],
+                             None if d is None else d['jitter_p99_ms_worst'],
+                             summarize(m.latency(topics[k - 1]), 1e3)['p99']])
         ctx.progress(f'  CPU {total:.0f} % of a core ({total / n:.0f} % per arm), '
-                     f'latency p50 {s["p50"]:.2f} ms p99 {s["p99"]:.2f} ms')
+                     f'latency p50 {s["p50"]:.2f} ms p99 {s["p99"]:.2f} ms, slowest loop '
+                     + ('-' if slowest is None else f'{slowest:.0f} Hz'))
     if not runs:
         raise BenchError('no arm count could be measured')
     first = min(runs)
@@ -71,9 +103,18 @@ def run(ctx, arms=ARMS):
         result['figures'].append(figure(
             f'{n} arms: latency p50', r['latency_ms']['p50'], 'ms',
             one['latency_ms']['p50'], f'{first} arm'))
+        limit, kind = TARGET_P99_MS.get(n, (None, None))
+        p99 = r['latency_ms']['p99']
         result['figures'].append(figure(
-            f'{n} arms: latency p99', r['latency_ms']['p99'], 'ms',
-            one['latency_ms']['p99'], f'{first} arm'))
+            f'{n} arms: latency p99', p99, 'ms', one['latency_ms']['p99'], f'{first} arm',
+            None if limit is None else
+            f'<= {limit:g} ms' + (' (moonshot)' if kind == 'moonshot' else ''),
+            None if limit is None or p99 is None else p99 <= limit))
+        slowest = r['slowest_loop_hz']
+        result['figures'].append(figure(
+            f'{n} arms: slowest loop rate', slowest, 'Hz', one['slowest_loop_hz'],
+            f'{first} arm', f'>= {TARGET_LOOP_HZ:g} Hz' if n == 2 else None,
+            (None if slowest is None else slowest >= TARGET_LOOP_HZ) if n == 2 else None))
     cores = result['machine'].get('usable_cores') or 1
     busiest = max(runs.values(), key=lambda r: r['cpu_total'])
     if busiest['cpu_total'] > 75.0 * cores:
@@ -85,7 +126,12 @@ def run(ctx, arms=ARMS):
         'title': 'CPU (% of one core) and console -> slave input latency (ms) per number of '
                  'arms',
         'columns': ['arms', 'CPU total', 'CPU per arm', *(f'{k} per arm' for k in NODES),
-                    'latency p50', 'latency p99'],
+                    'latency p50', 'latency p99', 'slowest loop Hz'],
         'rows': rows})
+    result['tables'].append({
+        'title': "every arm's slave loop (its /armN/diagnostics) and latency p99 (ms)",
+        'columns': ['arms', 'arm', 'loop rate Hz', 'overrun fraction', 'jitter p99 worst ms',
+                    'latency p99'],
+        'rows': arm_rows})
     result['details'] = {'runs': {str(k): v for k, v in runs.items()}}
     return result

@@ -84,20 +84,31 @@ class Stack:
                 *ros_args(params, remaps=remaps, name=name, namespace=namespace)]
         return self.start(label or _label(executable, namespace), argv)
 
-    def source(self, topic, rate, namespace=None, label='source'):
+    def source(self, topic, rate, namespace=None, label='source', **params):
         """Start a stamped pose source process (see :mod:`telesurgery_ros.bench.echo`)."""
         argv = [sys.executable, '-m', 'telesurgery_ros.bench.echo', 'source',
-                *ros_args({'topic': topic, 'rate': float(rate)}, namespace=namespace)]
+                *ros_args({'topic': topic, 'rate': float(rate), **params}, namespace=namespace)]
         return self.start(label, argv)
 
-    def sink(self, topics, label='sink', namespace=None, diagnostics=False, safety=False):
+    def sink(self, topics, label='sink', namespace=None, diagnostics=False, safety=False,
+             status_topics=()):
         """Start a recording sink; return ``(process, output_prefix)``."""
         prefix = os.path.join(self.workdir, f'{self.label}-{label}'.replace('/', '_'))
+        params = {'topics': list(topics), 'output': prefix, 'diagnostics': diagnostics,
+                  'safety': safety}
+        if status_topics:
+            params['status_topics'] = list(status_topics)
         argv = [sys.executable, '-m', 'telesurgery_ros.bench.echo', 'sink',
-                *ros_args({'topics': list(topics), 'output': prefix,
-                           'diagnostics': diagnostics, 'safety': safety},
-                          namespace=namespace, name=label.replace('-', '_').replace('/', '_'))]
+                *ros_args(params, namespace=namespace,
+                          name=label.replace('-', '_').replace('/', '_'))]
         return self.start(label, argv), prefix
+
+    def recorder(self, label='recorder'):
+        """Start an MCAP recorder of the demo's topics (a recording tool next to the stack)."""
+        output = os.path.join(self.workdir, f'{self.label}-{label}.mcap'.replace('/', '_'))
+        argv = [sys.executable, '-m', 'telesurgery_ros.bench.echo', 'record',
+                *ros_args({'output': output})]
+        return self.start(label, argv)
 
     def check_alive(self):
         """Raise :class:`BenchError` if any process has exited."""

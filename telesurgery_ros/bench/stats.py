@@ -46,6 +46,11 @@ def figure(name, value, unit, baseline=None, baseline_name='', target=None, met=
     }
 
 
+def moonshot(met):
+    """Return the note of a figure that says whether its moonshot target was reached."""
+    return 'moonshot met' if met else ''
+
+
 def _clean(value):
     if value is None:
         return None

@@ -35,6 +35,7 @@ COMMAND = TOPICS['servo_cp']
 MEASURED = TOPICS['measured_cp']
 ROUND_TRIP = console_topic(TOPICS['setpoint_cp'])
 MIN_MOTION_SHARE = 0.5
+TARGET_LAN_RMS_MM = 0.1                        # issue 13: must not regress past 0.1 mm
 
 
 def state_shares(safety, window):
@@ -151,9 +152,13 @@ def run(ctx, profiles=PROFILES):
     valid = [r for r in rows if r['motion_share'] >= MIN_MOTION_SHARE]
     base = valid[0] if valid else rows[0]
     for row in valid:
+        lan = row['profile'] == 'lan'
+        value = row['rms_vs_intent_mm']
         result['figures'].append(figure(
-            f'{row["profile"]}: RMS error vs intent', row['rms_vs_intent_mm'], 'mm',
-            base['rms_vs_intent_mm'], f'{base["profile"]}'))
+            f'{row["profile"]}: RMS error vs intent', value, 'mm',
+            base['rms_vs_intent_mm'], f'{base["profile"]}',
+            f'<= {TARGET_LAN_RMS_MM:g} mm' if lan else None,
+            (value is not None and value <= TARGET_LAN_RMS_MM) if lan else None))
     result['tables'].append({
         'title': 'tool-tip position error (mm) and round trip (ms) per profile',
         'columns': ['profile', 'RTT p50', 'RTT p99', 'RMS vs command', 'max vs command',

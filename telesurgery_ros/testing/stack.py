@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from telesurgery_ros import transport
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
 from telesurgery_ros.domain import claim_domain, isolated_environment, release_domain
@@ -94,6 +95,7 @@ class Stack:
         # rcl reads the discovery range from the environment while it initialises.
         saved = os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+        transport.configure(os.environ)       # UDP only, like the nodes
         try:
             self.context = Context()
             rclpy.init(context=self.context, domain_id=self.domain)
