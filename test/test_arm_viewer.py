@@ -234,7 +234,13 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
     else:
         pytest.fail('every attempt at the motion met a HOLD (the machine is too loaded)')
     assert still_on is None, 'the Joy stream never released the axis'
-    assert abs(on_time - (held[1] - held[0])) < 0.6
+    # The viewer reads the keys once per frame, at idle priority: the release reaches the
+    # Joy stream within a frame or two of the viewer's achieved rate.
+    fps = float(statuses(probe, 'arm_viewer: render')['fps'])
+    bound = 0.3 + 2.0 / max(fps, 0.5)
+    print(f'Joy on {on_time:.2f} s for a key held {held[1] - held[0]:.2f} s; the viewer at '
+          f'{fps:.1f} fps: bound +-{bound:.2f} s')
+    assert abs(on_time - (held[1] - held[0])) < bound
     assert abs(moved[0] - expected) <= tolerance
     assert np.all(np.abs(moved[1:]) < 0.002)
 

@@ -207,8 +207,10 @@ class TwoSites:
 
     def ready(self):
         state = state_of(self.probe)
+        # the probe must hear both streams: a test that measures from the last command the
+        # arm got needs this probe to have matched the link's command publisher too
         return state is not None and state.allows_motion and len(
-            self.probe.messages(MEASURED)) > 20
+            self.probe.messages(MEASURED)) > 20 and len(self.probe.messages(COMMAND)) > 20
 
     def positions(self, since, until=math.inf):
         return np.array([(m.pose.position.x, m.pose.position.y, m.pose.position.z)

@@ -88,6 +88,24 @@ def test_key_joy_publishes_while_active_then_a_few_neutral_messages_then_nothing
     assert not keys.clutch
 
 
+def test_a_held_key_is_repeated_between_slow_frames_until_the_keys_go_unread():
+    repeat = viewer.JoyRepeat(period=0.05, hold_timeout=0.4)
+    axes, buttons = viewer.KeyJoy().state({'w'})
+    repeat.polled(0.0)
+    repeat.published(0.0, axes, buttons)
+    assert repeat.due(0.02) is None                         # not a period yet
+    assert repeat.due(0.05) == (axes, buttons)               # a frame is late: repeated
+    assert repeat.due(0.06) is None                         # once per period
+    assert repeat.due(0.30) == (axes, buttons)
+    assert repeat.due(0.41) is None                         # the keys went unread 0.41 s
+    repeat.polled(1.0)                                      # a frame at last, key still held
+    assert repeat.due(1.0) == (axes, buttons)
+    neutral = viewer.KeyJoy().state(())
+    repeat.published(1.01, *neutral)                         # released: neutral is never
+    repeat.polled(1.01)                                      # repeated (a gamepad may drive)
+    assert all(repeat.due(1.01 + k * 0.05) is None for k in range(1, 10))
+
+
 def test_action_keys_and_the_key_map_on_screen():
     assert viewer.actions(['w', 'x', 'c', 'b', 'p', 'o', 'v']) == [
         'estop', 'reset', 'blackout', 'profile_next', 'profile_previous', 'camera']

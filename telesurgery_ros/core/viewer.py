@@ -153,6 +153,43 @@ class KeyJoy:
         return None
 
 
+class JoyRepeat:
+    """
+    Keep a held key's ``console/joy`` stream steady when frames are slow.
+
+    The viewer renders at idle priority, so on a busy machine its frames (and with them its
+    key polls) can come seconds apart, while ``master_console input:=joy`` stops the hand
+    after ``joy.timeout`` without a Joy message. Between frames the last non-neutral state
+    is published again every ``period``, but only while the keys were read at most
+    ``hold_timeout`` ago: a frozen viewer stops the stream, and the console's timeout stops
+    the hand. Neutral states are never repeated (a real gamepad is not fought).
+    """
+
+    def __init__(self, period, hold_timeout):
+        self.period = float(period)
+        self.hold_timeout = float(hold_timeout)
+        self._state = None           # (axes, buttons) last published, None when neutral
+        self._published = -math.inf
+        self._polled = -math.inf
+
+    def polled(self, now):
+        """Record that the frame loop read the keys at ``now``."""
+        self._polled = now
+
+    def published(self, now, axes, buttons):
+        """Record the state the frame loop published at ``now``."""
+        self._published = now
+        self._state = (list(axes), list(buttons)) if (any(axes) or any(buttons)) else None
+
+    def due(self, now):
+        """Return the ``(axes, buttons)`` to publish again now, or None."""
+        if (self._state is None or now - self._published < self.period
+                or now - self._polled > self.hold_timeout):
+            return None
+        self._published = now
+        return self._state
+
+
 def actions(pressed):
     """Return the viewer actions the keys pressed this frame ask for, in order."""
     return [ACTION_KEYS[k] for k in pressed if k in ACTION_KEYS]

@@ -15,6 +15,7 @@ uses CPU time no other node wants. The window's keys publish ``console/joy`` (re
 import math
 import os
 import sys
+import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -31,6 +32,7 @@ from telesurgery_ros import resources, rosutil, xdisplay
 from telesurgery_ros.core import contract, kinematics, viewer
 from telesurgery_ros.core.params import ConfigError, Param
 from telesurgery_ros.core.profiles import default_profiles_path, load_profiles
+from telesurgery_ros.core.realtime import make_realtime
 from telesurgery_ros.core.viewer_hud import PanelRenderer
 from telesurgery_ros.rosutil import run_node
 
@@ -42,6 +44,7 @@ STATUS_PANEL = (410, 392)            # px, top left
 KEYS_PANEL_HEIGHT = 46               # px, along the bottom
 MESSAGES_SHOWN = 2                   # newest action results on the HUD
 MESSAGE_LIFETIME = 30.0              # s
+JOY_REPEAT_PRIORITY = 1              # SCHED_FIFO of the thread that repeats held keys
 CAMERA_CHECK_PERIOD = 0.5            # s, how often the HUD panels follow a moved camera
 
 PARAMETERS = (
@@ -76,14 +79,26 @@ PARAMETERS = (
     Param('scene', True, 'draw the operating table, patient and task board', read_only=True),
     Param('keys', True, "the window's keys act (console/joy, blackout, e-stop, reset, "
           'profile); false: watch only'),
+    Param('joy_rate', 20.0, 'while a motion key is held, console/joy is published at least '
+          "this often (joy_node's autorepeat_rate), also between slow frames", 'Hz', 1.0,
+          100.0, read_only=True),
+    Param('joy_hold_timeout', 1.0, 'a held key is repeated between frames only while the '
+          'keys were read this recently (a frozen viewer stops the stream; the console then '
+          'stops the hand after its joy.timeout)', 's', 0.05, 5.0, read_only=True),
     Param('relay_node', 'network_relay', 'node whose profile parameter the p/o keys set '
           '(through its set_parameters service)', read_only=True),
     Param('profiles', [], 'profiles the p/o keys cycle through; [] = every profile of the '
           "package's config/network_profiles.yaml, in file order", item_type=str,
           read_only=True),
     Param('priority', 'idle', 'CPU priority of the rendering: idle = SCHED_IDLE (only CPU '
-          'time nothing else wants), low = nice 19, normal (the DDS threads stay idle)',
+          'time nothing else of its session wants), low = nice 19, normal (the DDS threads '
+          'stay idle). The control path (console, relay, watchdog, slave, site_link) runs '
+          'SCHED_FIFO where permitted, above any of these',
           choices=PRIORITIES, read_only=True),
+    Param('autogroup_nice', 19, "nice value of the viewer's autogroup (Linux shares CPU "
+          'between sessions before threads, so SCHED_IDLE only ranks the viewer inside its own '
+          'session): 19 makes it yield to every other process too (a recorder), at the cost '
+          'of frames (the default); 0 leaves it', '', 0, 19, read_only=True),
     Param('service_timeout', 5.0, 'an action with no answer this long is reported failed',
           's', 0.1, 60.0),
     Param('diagnostics_period', 1.0, 'period of the /diagnostics status', 's', 0.1, 60.0,
@@ -91,19 +106,64 @@ PARAMETERS = (
 )
 
 
-def _set_priority(priority):
+AUTOGROUP = '/proc/self/autogroup'
+
+
+def _own_autogroup():
+    """
+    Return True when this process may set the nice value of its autogroup without touching others.
+
+    Linux (``CONFIG_SCHED_AUTOGROUP``, on by default) shares CPU time fairly between sessions
+    first and between threads only inside a session, so ``SCHED_IDLE`` alone ranks the
+    viewer below nothing but its own session. The autogroup is the session's: when this
+    process leads its own session (as ``telesurgery-launch`` starts every node), or becomes
+    the leader of a new one, its autogroup holds only the viewer.
+    """
+    if os.getsid(0) == os.getpid():
+        return True
+    try:
+        os.setsid()
+    except OSError:
+        return False             # a process group leader in someone's shell: leave it there
+    return True
+
+
+def _lower_autogroup(nice):
+    """Give this session's autogroup ``nice``; return a phrase for the log (what is in force)."""
+    if not os.path.exists(AUTOGROUP):
+        return 'no autogroups'
+    if nice <= 0:
+        with open(AUTOGROUP) as handle:
+            return handle.read().strip().lstrip('/')      # e.g. 'autogroup-12 nice 0'
+    if not _own_autogroup():
+        return ('autogroup shared with the terminal session (not reniced; start the viewer '
+                'through a launch file for autogroup_nice)')
+    try:
+        with open(AUTOGROUP, 'w') as handle:
+            handle.write(str(int(nice)))
+        with open(AUTOGROUP) as handle:
+            return handle.read().strip().lstrip('/')
+    except OSError as exc:
+        return f'autogroup nice {nice} refused ({exc.strerror})'
+
+
+def _set_priority(priority, autogroup_nice=0):
     """
     Apply ``priority`` to the calling thread; threads it starts later inherit it.
 
     ``main()`` starts the process idle before rclpy (so its DDS threads and its start-up are
     idle too); the node then moves the render thread, and with it the GUI threads PyBullet
-    starts, to the ``priority`` parameter.
+    starts, to the ``priority`` parameter, and its autogroup to ``autogroup_nice`` (see
+    :func:`_own_autogroup`). Returns a phrase for the log.
     """
     if priority == 'idle':
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        policy = 'SCHED_IDLE'
     else:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         os.setpriority(os.PRIO_PROCESS, 0, 19 if priority == 'low' else 0)
+        policy = 'nice 19' if priority == 'low' else 'normal scheduling'
+    return f'{policy}, {_lower_autogroup(autogroup_nice)}'
 
 
 class ArmViewer(Node):
@@ -121,7 +181,7 @@ class ArmViewer(Node):
         # File order: from no impairment to the worst (p = a longer way, o = back).
         self.profiles = list(cfg.profiles) or [
             name for name in load_profiles(default_profiles_path()) if not name.startswith('_')]
-        _set_priority(cfg.priority)
+        self.scheduling = _set_priority(cfg.priority, cfg.autogroup_nice)
         self.kin = kinematics.PsmKinematics()
         self.topics = {role: VIEWS[cfg.view](name)
                        for role, name in contract.arm_topics(cfg.arm).items()}
@@ -177,13 +237,23 @@ class ArmViewer(Node):
             'profile': self.create_client(SetParameters, f'{cfg.relay_node}/set_parameters'),
         }
         self.pending = []             # (deadline, future, label, describe)
+        # What the keys asked the relay for, until its network/stats show it: a second key
+        # press before the stats catch up toggles from the request, not from stale stats.
+        self.requested = {'blackout': None, 'profile': None}
         self.messages = []            # (time, text, ok)
         self.last_action = ''
 
         self.tracker = viewer.KeyTracker()
         self.key_joy = viewer.KeyJoy()
         self.joy_published = 0
+        self.joy_repeated = 0
         self.joy_neutral = True
+        self.joy_lock = threading.Lock()
+        self.joy_repeat = viewer.JoyRepeat(1.0 / cfg.joy_rate, cfg.joy_hold_timeout)
+        self.joy_stop = threading.Event()
+        self.joy_schedule = None
+        if cfg.keys:
+            threading.Thread(target=self._repeat_joy, name='joy-repeat', daemon=True).start()
         self.frames = viewer.FrameStats(cfg.fps)
         self.hud_every = viewer.Every(1.0 / cfg.hud_rate)
         self.trail_every = viewer.Every(1.0 / cfg.trail.rate)
@@ -199,7 +269,8 @@ class ArmViewer(Node):
         self._ghost_check = self.create_timer(cfg.ghost_timeout, self._check_ghosts)
         self.get_logger().info(
             f'{cfg.view} view of {self.topics["measured_js"]}, {cfg.fps:g} fps, camera '
-            f'{self.camera}, ghosts {self.ghost_topics or "none"}, priority {cfg.priority}; '
+            f'{self.camera}, ghosts {self.ghost_topics or "none"}, priority {cfg.priority} '
+            f'({self.scheduling}); '
             + (f'keys publish {contract.JOY_TOPIC}' if cfg.keys else 'keys off (watch only)'))
 
     def _on_change(self, cfg, names):
@@ -248,6 +319,12 @@ class ArmViewer(Node):
         for status in msg.status:
             direction = status.name.rsplit(':', 1)[-1].strip()
             self.stats[direction] = {kv.key: kv.value for kv in status.values}
+        if self.requested['blackout'] is not None and self._stats_blackout() == \
+                self.requested['blackout']:
+            self.requested['blackout'] = None
+        if self.requested['profile'] is not None and self._stats_profile() == \
+                self.requested['profile']:
+            self.requested['profile'] = None
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
@@ -304,8 +381,10 @@ class ArmViewer(Node):
 
     def _keys(self, pressed):
         joy = self.key_joy.update(self.tracker.active(pressed), pressed)
-        if joy is not None:
-            self._publish_joy(*joy)
+        with self.joy_lock:
+            self.joy_repeat.polled(time.monotonic())
+            if joy is not None:
+                self._publish_joy(*joy)
         for action in viewer.actions(pressed):
             self._act(action)
 
@@ -316,6 +395,28 @@ class ArmViewer(Node):
         self.joy_pub.publish(msg)
         self.joy_published += 1
         self.joy_neutral = not (any(axes) or any(buttons))
+        self.joy_repeat.published(time.monotonic(), axes, buttons)
+
+    def _repeat_joy(self):
+        """Thread: repeat a held key's Joy state between slow frames (core.viewer.JoyRepeat)."""
+        # Out of SCHED_IDLE and above every autogroup: the operator's stream must not wait
+        # for idle CPU. SCHED_FIFO 1 (the lowest) where permitted, else normal scheduling.
+        self.joy_schedule = make_realtime(JOY_REPEAT_PRIORITY)
+        if not self.joy_schedule.realtime:
+            try:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
+        period = self.joy_repeat.period / 2.0
+        while not self.joy_stop.wait(period):
+            with self.joy_lock:
+                joy = self.joy_repeat.due(time.monotonic())
+                if joy is not None:
+                    try:
+                        self._publish_joy(*joy)
+                    except Exception:  # noqa: B902 - the context is shutting down
+                        return
+                    self.joy_repeated += 1
 
     def _draw_arm(self):
         if self.joints is None or self.joints[1] is self.joints_drawn:
@@ -385,25 +486,28 @@ class ArmViewer(Node):
             self._call('reset', contract.RESET_SERVICE, Trigger.Request(), 'reset')
         elif action == 'blackout':
             on = not self._blackout()
-            self._call('blackout', contract.BLACKOUT_SERVICE, SetBool.Request(data=on),
-                       f'blackout {"on" if on else "off"}')
+            if self._call('blackout', contract.BLACKOUT_SERVICE, SetBool.Request(data=on),
+                          f'blackout {"on" if on else "off"}'):
+                self.requested['blackout'] = on
         else:
             step = 1 if action == 'profile_next' else -1
             name = viewer.cycle(self.profiles, self._profile(), step)
             value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=name)
             request = SetParameters.Request(parameters=[ParameterMsg(name='profile',
                                                                      value=value)])
-            self._call('profile', f'{self.config.relay_node}/set_parameters', request,
-                       f'profile {name}')
+            if self._call('profile', f'{self.config.relay_node}/set_parameters', request,
+                          f'profile {name}'):
+                self.requested['profile'] = name
 
     def _call(self, key, service, request, label):
         client = self.service_clients[key]
         if not client.service_is_ready():
             self._message(f'{label}: service {service} is not available', False)
-            return
+            return False
         future = client.call_async(request)
         self.pending.append((time.monotonic() + self.config.service_timeout, future, key,
                              label))
+        return True
 
     def _check_pending(self, now):
         still = []
@@ -412,6 +516,7 @@ class ArmViewer(Node):
                 self._answered(key, label, future)
             elif now > deadline:
                 self.service_clients[key].remove_pending_request(future)
+                self.requested[key] = None
                 self._message(f'{label}: no answer within {self.config.service_timeout:g} s',
                               False)
             else:
@@ -423,25 +528,38 @@ class ArmViewer(Node):
             response = future.result()
         except Exception as exc:  # noqa: B902 - a failed call is reported, never raised
             self._message(f'{label}: call failed: {exc}', False)
+            self.requested[key] = None
             return
         if key == 'profile':
             result = response.results[0] if response.results else None
             ok = bool(result and result.successful)
+            if not ok:
+                self.requested[key] = None
             self._message(f'{label}: ' + ('set' if ok else 'refused: ' + (
                 result.reason if result else 'no result')), ok)
             return
         ok = bool(response.success)
+        if not ok and key in self.requested:
+            self.requested[key] = None
         prefix = f'{label} refused' if not ok else label
         self._message(f'{prefix}: {response.message}', ok)
 
-    def _blackout(self):
+    def _stats_blackout(self):
         return any(v.get('blackout') == 'True' for v in self.stats.values())
 
-    def _profile(self):
+    def _stats_profile(self):
         for values in self.stats.values():
             if values.get('profile'):
                 return values['profile']
         return None
+
+    def _blackout(self):
+        wanted = self.requested['blackout']
+        return self._stats_blackout() if wanted is None else wanted
+
+    def _profile(self):
+        wanted = self.requested['profile']
+        return self._stats_profile() if wanted is None else wanted
 
     # --- HUD and diagnostics --------------------------------------------------------------
 
@@ -467,8 +585,8 @@ class ArmViewer(Node):
         physics = self._figure(self.loop, 'physics_rate_hz')
         nominal = self._figure(self.loop, 'nominal_rate_hz')
         return viewer.HudInputs(
-            view=self.config.view, camera=self.camera, profile=self._profile(),
-            blackout=self._blackout(),
+            view=self.config.view, camera=self.camera, profile=self._stats_profile(),
+            blackout=self._stats_blackout(),
             outage=any(v.get('outage') == 'True' for v in self.stats.values()),
             rtt_p50_ms=self._figure(self.teleop, 'rtt_p50_ms'),
             delay_ms={d: self._figure(v, 'delay_p50_ms') for d, v in self.stats.items()},
@@ -505,8 +623,10 @@ class ArmViewer(Node):
             'hud_updates': self.hud_updates, 'view': self.config.view,
             'camera': self.camera, 'joint_state_age_ms': math.nan if age is None else age * 1e3,
             'ghosts': '; '.join(f'{g.topic}: {g.status}' for g in self._ghost_infos(now)),
-            'joy_published': self.joy_published, 'clutch': self.key_joy.clutch,
-            'last_action': self.last_action,
+            'joy_published': self.joy_published, 'joy_repeated': self.joy_repeated,
+            'joy_scheduling': self.joy_schedule.describe() if self.joy_schedule else 'off',
+            'clutch': self.key_joy.clutch,
+            'last_action': self.last_action, 'scheduling': self.scheduling,
         }
         if age is None or age > 1.0:
             level, message = 'WARN', f'no fresh joint states on {self.topics["measured_js"]}'
@@ -521,10 +641,12 @@ class ArmViewer(Node):
 
     def on_shutdown(self):
         """Release the keys (the hand stops at once), then close the window."""
+        self.joy_stop.set()
         try:
             if self.config.keys and not self.joy_neutral:
-                for _ in range(3):
-                    self._publish_joy(*viewer.KeyJoy().state(()))
+                with self.joy_lock:
+                    for _ in range(3):
+                        self._publish_joy(*viewer.KeyJoy().state(()))
                 time.sleep(0.05)
         except Exception as exc:  # noqa: B902 - the context may already be shut down
             self.get_logger().warning(f'could not release the keys: {exc}')

@@ -31,6 +31,7 @@ from telesurgery_ros.core.input_sources import (
     TrajectoryInput)
 from telesurgery_ros.core.params import ConfigError, Param
 from telesurgery_ros.core.predictor import Predictor, PredictorConfig
+from telesurgery_ros.core.realtime import make_realtime
 from telesurgery_ros.core.rtt import FeedbackMonitor, RttMonitor, status_line
 from telesurgery_ros.core.teleop import (
     AdaptiveScale, FilterConfig, PoseFilter, SCALE_POLICIES, scale_problems, Teleop)
@@ -139,6 +140,12 @@ PARAMETERS = (
           'console CPU; the model then follows a thinner stream than the arm)', low=1, high=10),
     Param('prediction.history', 3.0, 'model poses kept for the correction: the longest round '
           'trip it can correct', 's', low=0.1, high=30.0, read_only=True),
+    Param('realtime_priority', 40,
+          'SCHED_FIFO priority of the thread that samples the input and publishes the '
+          'commands, used where the system permits it (root or CAP_SYS_NICE; refused: one '
+          'warning, normal scheduling); 0: normal scheduling; below the relay (45), the '
+          "watchdog (48) and the slave's control loop (50), so a busy neighbour (the viewer, "
+          'a recorder) cannot stall the command stream', low=0, high=98, read_only=True),
     Param('status_period', 1.0, 'period of the status line in the log when stderr is not a '
           'terminal', 's', low=0.1, high=60.0),
     Param('diagnostics_period', 1.0, 'period of the /diagnostics status', 's', low=0.05,
@@ -242,6 +249,13 @@ class MasterConsole(Node):
         self._jaw_sent = (math.nan, 0)      # (angle, stamp ns) of the last jaw command sent
         self.tty = sys.stderr.isatty()
         self.last_log_ns = 0
+        # The executor runs on this thread: the command timer, the feedback callbacks and
+        # the predictor all get its scheduling.
+        self.schedule = make_realtime(cfg.realtime_priority)
+        if cfg.realtime_priority > 0 and not self.schedule.realtime:
+            self.get_logger().warning(
+                f'realtime_priority {cfg.realtime_priority} refused ({self.schedule.refused}): '
+                'the command thread runs with normal scheduling')
         self.create_timer(1.0 / cfg.rate, self._tick)
         self.create_timer(TERMINAL_REFRESH if self.tty else cfg.status_period, self._status)
         self.create_timer(cfg.diagnostics_period, self._diagnostics)
@@ -258,7 +272,7 @@ class MasterConsole(Node):
             + (f'on (notch {design.notch_frequency:g} Hz q {design.notch_q:g}, low-pass '
                f'{design.cutoff:g} Hz)' if filter_on else 'off')
             + (f', predicted_cp at {cfg.prediction.rate:g} Hz' if self.predictor else
-               ', prediction off'))
+               ', prediction off') + f'; {self.schedule.describe()}')
 
     def _make_predictor(self, cfg):
         if not cfg.prediction.enabled:
@@ -573,7 +587,7 @@ class MasterConsole(Node):
             'clutch': self.teleop.clutch,
             'scale': self.teleop.scale, 'commands_published': self.published,
             'arm_heard': self.arm_heard_ns is not None, 'paused': self.paused,
-            'input': self.config.input,
+            'input': self.config.input, 'scheduling': self.schedule.describe(),
             **self._prediction_values(),
         }
         if isinstance(self.source, JoyInput):
