@@ -98,5 +98,5 @@ def test_latency_quick_run_writes_results_and_report(launcher, tmp_path):
         assert relay['ratio'] == pytest.approx(relay['value'] / relay['baseline'], rel=1e-6)
         assert relay['met'] in (True, False)
     text = report.markdown_report(str(out))
-    assert '## Performance' in text and '| bare hop p50 |' in text
+    assert '## The last full run' in text and '| bare hop p50 |' in text
     assert machine['cpu_model'] in text

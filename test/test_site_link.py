@@ -258,13 +258,16 @@ def test_console_in_domain_a_drives_the_arm_in_domain_b(
     assert 0.12 <= p50 <= 0.6
 
     # the CDR bytes arrive unchanged, 4-byte encapsulation header included
-    sent = {data for _t, data in probe_a.timed(CONSOLE_COMMAND)}
+    # (a probe cannot promise to hear all 500 per second on a busy machine, so the commands
+    # both probes heard are paired by their stamp, bytes 4-12 of the CDR)
+    sent = {data[4:12]: data for _t, data in probe_a.timed(CONSOLE_COMMAND)}
     arrived = [data for _t, data in probe.timed(COMMAND)]
     assert arrived and all(data[:4] == CDR_LE_HEADER for data in arrived)
-    same = sum(1 for data in arrived if data in sent)
-    print(f'{same} of {len(arrived)} commands at the arm byte-identical to one the console '
-          f'published ({len(sent)} recorded in domain A)')
-    assert same >= 0.95 * len(arrived)
+    paired = [(data, sent[data[4:12]]) for data in arrived if data[4:12] in sent]
+    same = sum(1 for data, original in paired if data == original)
+    print(f'{same} of {len(paired)} commands heard on both sides byte-identical '
+          f'({len(arrived)} heard at the arm, {len(sent)} in domain A)')
+    assert len(paired) >= 100 and same == len(paired)
 
     # no DDS traffic crosses: domain B knows nothing of the console, A nothing of the arm
     topics_b = {name for name, _types in probe.get_topic_names_and_types()}

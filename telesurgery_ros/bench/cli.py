@@ -1,8 +1,8 @@
 """
-The ``telesurgery-bench`` command: run benchmark suites, or print the README section.
+The ``telesurgery-bench`` command: run benchmark suites, or print the figures of a run.
 
 ``telesurgery-bench SUITE`` runs a benchmark suite; ``telesurgery-bench report DIR`` prints
-the README performance section generated from a results directory.
+the figures section of doc/benchmarks.md generated from a results directory.
 
 Suites: latency, relay-accuracy, control-loop, hold-reaction, tracking, scale, safety-soak,
 link, prediction, all. ``all`` runs latency, relay-accuracy, control-loop, hold-reaction,
@@ -91,7 +91,7 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog='telesurgery-bench', description=__doc__.strip().split('\n\n')[0])
     parser.add_argument('suite', choices=[*SUITES, 'all', 'report'],
-                        help='suite to run, or report to print the README section')
+                        help='suite to run, or report to print the figures of doc/benchmarks.md')
     parser.add_argument('results_dir', nargs='?',
                         help='report only: the results directory to read')
     parser.add_argument('--out', help='results directory (default bench_results/<UTC time>)')

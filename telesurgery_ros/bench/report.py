@@ -140,17 +140,22 @@ def machine_line(machine):
             f"pybullet {machine.get('pybullet')}")
 
 
-def markdown_report(results_dir, plots_prefix='doc/bench'):
-    """Generate the README performance section from the results in ``results_dir``."""
+def markdown_report(results_dir, plots_prefix='bench'):
+    """
+    Generate the figures section of ``doc/benchmarks.md`` from the results in ``results_dir``.
+
+    ``plots_prefix`` is the plots' folder relative to that page (``--copy-plots doc/bench``).
+    """
     results = load_results(results_dir)
     if not results:
         raise FileNotFoundError(f'no suite results (*.json) in {results_dir}')
-    lines = ['## Performance', '',
+    folder = os.path.basename(os.path.normpath(results_dir))
+    lines = ['## The last full run', '',
              'Every figure below comes from one `telesurgery-bench` run and stands beside a '
              'baseline measured in the same run (the machine is shared and noisy, so the '
-             'ratios are the portable part). Reproduce with `make bench` '
-             '(results under `bench_results/<timestamp>/`), then '
-             '`telesurgery-bench report bench_results/<timestamp>`.', '']
+             'ratios are the portable part). Reproduce with `make bench` (results under '
+             '`bench_results/`, one folder per run), then `telesurgery-bench report` of that '
+             f'folder; this one was `bench_results/{folder}`.', '']
     lines += [
         'How it is measured: every process is a real node (or a small bench source/sink '
         'process) in a private ROS domain; one-way latencies are `receive - header.stamp` on '
