@@ -181,7 +181,9 @@ class ArmViewer(Node):
         # File order: from no impairment to the worst (p = a longer way, o = back).
         self.profiles = list(cfg.profiles) or [
             name for name in load_profiles(default_profiles_path()) if not name.startswith('_')]
-        self.scheduling = _set_priority(cfg.priority, cfg.autogroup_nice)
+        # The threads PyBullet starts inherit this; the autogroup yields once the window is
+        # built (at nice 19 from the start, a busy machine could keep it from opening at all).
+        _set_priority(cfg.priority)
         self.kin = kinematics.PsmKinematics()
         self.topics = {role: VIEWS[cfg.view](name)
                        for role, name in contract.arm_topics(cfg.arm).items()}
@@ -264,6 +266,7 @@ class ArmViewer(Node):
         self._warned_frames = set()
         self.started = time.monotonic()
         self.scene.set_panel('keys', self.keys_panel.render(viewer.key_help_lines(5)))
+        self.scheduling = _set_priority(cfg.priority, cfg.autogroup_nice)
         self.create_timer(1.0 / cfg.fps, self._frame)
         self.create_timer(cfg.diagnostics_period, self._diagnostics)
         self._ghost_check = self.create_timer(cfg.ghost_timeout, self._check_ghosts)

@@ -140,12 +140,14 @@ PARAMETERS = (
           'console CPU; the model then follows a thinner stream than the arm)', low=1, high=10),
     Param('prediction.history', 3.0, 'model poses kept for the correction: the longest round '
           'trip it can correct', 's', low=0.1, high=30.0, read_only=True),
-    Param('realtime_priority', 40,
+    Param('realtime_priority', 0,
           'SCHED_FIFO priority of the thread that samples the input and publishes the '
           'commands, used where the system permits it (root or CAP_SYS_NICE; refused: one '
-          'warning, normal scheduling); 0: normal scheduling; below the relay (45), the '
-          "watchdog (48) and the slave's control loop (50), so a busy neighbour (the viewer, "
-          'a recorder) cannot stall the command stream', low=0, high=98, read_only=True),
+          'warning, normal scheduling); 0 (default): normal scheduling. On a machine the '
+          'console does not share with the patient site, 40 keeps the command stream steady '
+          'under load; sharing two cores with the relay and the slave, a real-time console '
+          'starves their receive threads instead (doc/console.md)', low=0, high=98,
+          read_only=True),
     Param('status_period', 1.0, 'period of the status line in the log when stderr is not a '
           'terminal', 's', low=0.1, high=60.0),
     Param('diagnostics_period', 1.0, 'period of the /diagnostics status', 's', low=0.05,
