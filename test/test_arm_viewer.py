@@ -10,6 +10,7 @@ profile keys reach the relay, and a frozen viewer (SIGSTOP) does not stop the ar
 Without Xvfb/xdotool the display tests skip naming the package, except in CI (``CI`` set),
 where they fail.
 """
+import math
 import os
 import signal
 import sys
@@ -149,18 +150,35 @@ def statuses(probe, suffix):
     return None
 
 
-def axis_on_time(timed, axis, value):
-    """Seconds the recorded Joy stream had ``axes[axis] == value`` (receive times)."""
+# The viewer renders only on CPU time no other session wants (autogroup nice 19): on two
+# cores saturated by the stack and this test's probes, a key can wait many seconds for the
+# frame that reads it.
+VIEWER_WAIT = 60.0
+
+
+def axis_on_time(timed, axis, value, timeout=JoyMap().timeout):
+    """
+    Seconds the recorded Joy stream had ``axes[axis] == value`` (receive times).
+
+    Returns ``(on, driven, still_on)``: ``on`` from the first active message to the first
+    inactive one; ``driven`` the time the console moves the hand for it, which stops
+    ``timeout`` after a message when no next one came (a slow viewer leaves gaps);
+    ``still_on`` the start of an activation never released (None when released).
+    """
     on = None
-    total = 0.0
+    total = driven = 0.0
+    previous = None                  # receive time of the previous active message
     for t, msg in timed:
         active = len(msg.axes) > axis and msg.axes[axis] == value
+        if previous is not None:
+            driven += min(t - previous, timeout)
+        previous = t if active else None
         if active and on is None:
             on = t
         elif not active and on is not None:
             total += t - on
             on = None
-    return total, on
+    return total, driven, on
 
 
 def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
@@ -171,7 +189,12 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
     probe.record(DiagnosticArray, contract.NETWORK_STATS_TOPIC, DIAGNOSTICS_QOS)
     runner = launcher.start_argv('launch', [
         sys.executable, '-m', 'telesurgery_ros.launch_runner', '--embedded', LAUNCH_FILE,
-        'gui:=true', 'input:=joy', 'profile:=lan'], env={'DISPLAY': display})
+        # viewer_autogroup_nice:=10 (a tenth of a session's weight) instead of the default
+        # 19: this test's own probes take the CPU the default leaves the viewer, and at 19
+        # it can go a minute without a frame here. make demo and tools/viewer_impact.py
+        # measure the default.
+        'gui:=true', 'input:=joy', 'profile:=lan', 'viewer_autogroup_nice:=10'],
+        env={'DISPLAY': display})
     started = time.monotonic()
     resets = []
 
@@ -216,14 +239,21 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
         probe.clear(contract.JOY_TOPIC)
         probe.clear(STATE)
         held = keys.hold('w', 1.5)
+        # The viewer reads the keys once per frame, at idle priority: the release reaches the
+        # Joy stream at its next frame, which a busy machine can delay by seconds.
+        wait_for(lambda: (lambda on, _driven, still: on > 0 and still is None)(
+            *axis_on_time(probe.timed(contract.JOY_TOPIC), JoyMap().axis_x, 1.0)), VIEWER_WAIT,
+            what='the Joy axis pressed and released')
         time.sleep(2.0)                   # the command crosses the link, the arm settles
         moved = position() - before
-        on_time, still_on = axis_on_time(probe.timed(contract.JOY_TOPIC), JoyMap().axis_x, 1.0)
-        expected = scale * speed * on_time
+        on_time, driven, still_on = axis_on_time(probe.timed(contract.JOY_TOPIC),
+                                                 JoyMap().axis_x, 1.0)
+        expected = scale * speed * driven
         tolerance = 0.2 * expected + 0.001
         held_states = {SafetyStatus.decode(m.data).state for m in probe.messages(STATE)}
         print(f'attempt {attempt}: key w held {held[1] - held[0]:.2f} s, Joy axis x at +1 for '
-              f'{on_time:.2f} s ({len(probe.messages(contract.JOY_TOPIC))} Joy messages): '
+              f'{on_time:.2f} s, driving the hand {driven:.2f} s of it '
+              f'({len(probe.messages(contract.JOY_TOPIC))} Joy messages): '
               f'expected {expected * 1e3:.1f} mm along x at scale {scale:g}, measured '
               f'{np.round(moved * 1e3, 2)} mm, tolerance +-{tolerance * 1e3:.1f} mm; states '
               f'{sorted(s.name for s in held_states)}')
@@ -234,10 +264,9 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
     else:
         pytest.fail('every attempt at the motion met a HOLD (the machine is too loaded)')
     assert still_on is None, 'the Joy stream never released the axis'
-    # The viewer reads the keys once per frame, at idle priority: the release reaches the
-    # Joy stream within a frame or two of the viewer's achieved rate.
-    fps = float(statuses(probe, 'arm_viewer: render')['fps'])
-    bound = 0.3 + 2.0 / max(fps, 0.5)
+    # The release reaches the Joy stream within a frame or two of the viewer's achieved rate.
+    fps = float((statuses(probe, 'arm_viewer: render') or {}).get('fps', 'nan'))
+    bound = 0.3 + 2.0 / (fps if math.isfinite(fps) and fps > 0.5 else 0.5)
     print(f'Joy on {on_time:.2f} s for a key held {held[1] - held[0]:.2f} s; the viewer at '
           f'{fps:.1f} fps: bound +-{bound:.2f} s')
     assert abs(on_time - (held[1] - held[0])) < bound
@@ -248,14 +277,14 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
     keys.tap('c')
     last = wait_for(lambda: (statuses(probe, 'arm_viewer: render') or {}).get(
         'last_action', '').startswith('reset refused') and statuses(
-        probe, 'arm_viewer: render')['last_action'], 15.0, what='the refused reset')
+        probe, 'arm_viewer: render')['last_action'], VIEWER_WAIT, what='the refused reset')
     print(f'viewer: {last}')
     assert 'nothing to reset' in last
 
     # 3. The e-stop key: ESTOP. The reset key: HOLD, then NOMINAL after re-alignment.
     pressed = time.monotonic()
     keys.tap('x')
-    wait_for(lambda: state_of(probe) == SafetyState.ESTOP, 10.0, what='ESTOP')
+    wait_for(lambda: state_of(probe) == SafetyState.ESTOP, VIEWER_WAIT, what='ESTOP')
     print(f'ESTOP {time.monotonic() - pressed:.2f} s after the x key')
     time.sleep(0.5)
     probe.clear(STATE)
@@ -267,7 +296,8 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
         return next((t for t, m in probe.timed(STATE) if t > after
                      and SafetyStatus.decode(m.data).state in states), None)
 
-    hold_at = wait_for(lambda: first({SafetyState.HOLD}), 10.0, what='HOLD after the reset')
+    hold_at = wait_for(lambda: first({SafetyState.HOLD}), VIEWER_WAIT,
+                       what='HOLD after the reset')
     aligned_at = wait_for(lambda: first({SafetyState.NOMINAL, SafetyState.DEGRADED}, hold_at),
                           15.0, what='NOMINAL after re-alignment')
     print(f'reset: HOLD {hold_at - pressed:.2f} s after the c key, re-aligned '
@@ -280,15 +310,15 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
         return {kv.key: kv.value for kv in msgs[-1].status[0].values}.get(key) if msgs else None
 
     keys.tap('b')
-    wait_for(lambda: relay('blackout') == 'True', 10.0, what='blackout on')
+    wait_for(lambda: relay('blackout') == 'True', VIEWER_WAIT, what='blackout on')
     keys.tap('b')
-    wait_for(lambda: relay('blackout') == 'False', 10.0, what='blackout off')
+    wait_for(lambda: relay('blackout') == 'False', VIEWER_WAIT, what='blackout off')
     keys.tap('p')
-    wait_for(lambda: relay('profile') not in (None, 'lan'), 10.0, what='the next profile')
+    wait_for(lambda: relay('profile') not in (None, 'lan'), VIEWER_WAIT, what='the next profile')
     print(f"profile key: relay now at {relay('profile')}")
     assert relay('profile') == 'metro_5g'         # the next in the file after lan
     keys.tap('o')
-    wait_for(lambda: relay('profile') == 'lan', 10.0, what='back to lan')
+    wait_for(lambda: relay('profile') == 'lan', VIEWER_WAIT, what='back to lan')
 
     # 5. A frozen viewer never stops the arm: SIGSTOP it for 1.5 s, watch the slave's loop.
     wait_for(lambda: state_of(probe) in (SafetyState.NOMINAL, SafetyState.DEGRADED), 20.0,
@@ -311,7 +341,7 @@ def test_the_viewer_keys_drive_the_stack(launcher, probe, display):
     assert len(loop) >= 2, 'the slave stopped reporting while the viewer was frozen'
     assert not any(s.startswith('ESTOP') for s in states)
     wait_for(lambda: int((statuses(probe, 'arm_viewer: render') or {'frames': 0})['frames']) > 0,
-             20.0, what='the viewer drawing again after SIGCONT')
+             VIEWER_WAIT, what='the viewer drawing again after SIGCONT')
 
 
 @pytest.mark.long

@@ -71,6 +71,15 @@ def tip(probe):
     return rosutil.pose_to_arrays(probe.latest(TOPICS['measured_cp']).pose)[0]
 
 
+def second_source_counts(probe):
+    """Wait until the slave and the watchdog both count a refused second source; their values."""
+    slave = wait_for(lambda: (v := values(probe, 'slave_controller: control loop'))
+                     and int(v['second_source']) > 0 and v, 10.0, what='slave counts')
+    watchdog = wait_for(lambda: (v := values(probe, 'safety_watchdog: state'))
+                        and int(v['second_source']) > 0 and v, 10.0, what='watchdog counts')
+    return slave, watchdog
+
+
 def motion_since(probe, t0, origin):
     tips = [rosutil.pose_to_arrays(m.pose)[0] for t, m in probe.timed(TOPICS['measured_cp'])
             if t >= t0]
@@ -101,10 +110,7 @@ def test_a_second_publisher_never_moves_the_arm_and_takes_over_only_through_hold
         time.sleep(1.5)
         intruder.target = None
         moved = motion_since(probe, t0, origin)
-        slave = wait_for(lambda: (v := values(probe, 'slave_controller: control loop'))
-                         and int(v['second_source']) > 0 and v, 10.0, what='slave counts')
-        watchdog = wait_for(lambda: (v := values(probe, 'safety_watchdog: state'))
-                            and int(v['second_source']) > 0 and v, 10.0, what='watchdog counts')
+        slave, watchdog = second_source_counts(probe)
         print(f'\nsecond publisher next to the relay: the arm moved {moved * 1e3:.1f} mm '
               f'({moved * 1e6:.2f} um); second_source: slave {slave["second_source"]}, '
               f'watchdog {watchdog["second_source"]}; watchdog: {reason}')

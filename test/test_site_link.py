@@ -347,7 +347,7 @@ def test_killed_surgeon_link_holds_then_resumes_after_realignment(
 def test_a_second_publisher_in_domain_b_never_moves_the_arm(
         launcher, probe, probe_a, lab, domain_a):
     """Issue 12 item 5 across the link: the patient link is the one command source."""
-    from test_second_source import Intruder, motion_since, values
+    from test_second_source import Intruder, motion_since, second_source_counts
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
     sites = TwoSites(launcher, probe, probe_a, lab, domain_a, profile='lan')
@@ -371,10 +371,7 @@ def test_a_second_publisher_in_domain_b_never_moves_the_arm(
         time.sleep(1.5)
         intruder.target = None
         moved = motion_since(probe, t0, origin)
-        slave = wait_for(lambda: (v := values(probe, 'slave_controller: control loop'))
-                         and int(v['second_source']) > 0 and v, 10.0, what='slave counts')
-        watchdog = wait_for(lambda: (v := values(probe, 'safety_watchdog: state'))
-                            and int(v['second_source']) > 0 and v, 10.0, what='watchdog counts')
+        slave, watchdog = second_source_counts(probe)
         print(f'second publisher in domain B: the arm moved {moved * 1e6:.2f} um; '
               f'second_source: slave {slave["second_source"]}, watchdog '
               f'{watchdog["second_source"]}; source kept: {slave["command_source"]}; '

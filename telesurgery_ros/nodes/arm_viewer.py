@@ -97,8 +97,9 @@ PARAMETERS = (
           choices=PRIORITIES, read_only=True),
     Param('autogroup_nice', 19, "nice value of the viewer's autogroup (Linux shares CPU "
           'between sessions before threads, so SCHED_IDLE only ranks the viewer inside its own '
-          'session): 19 makes it yield to every other process too (a recorder), at the cost '
-          'of frames (the default); 0 leaves it', '', 0, 19, read_only=True),
+          'session): 19 (the default) gives it almost no weight against any other session '
+          '(few frames on a saturated machine), 10 a tenth, 0 leaves it', '', 0, 19,
+          read_only=True),
     Param('service_timeout', 5.0, 'an action with no answer this long is reported failed',
           's', 0.1, 60.0),
     Param('diagnostics_period', 1.0, 'period of the /diagnostics status', 's', 0.1, 60.0,
