@@ -350,7 +350,7 @@ def test_make_demo_gui_reports_the_viewer_fps_and_the_arms_physics(
     """``make demo GUI=1`` in short: the summary has the physics and the viewer lines."""
     import json
     demo = launcher.start_argv('demo', [
-        sys.executable, '-m', 'telesurgery_ros.demo', '--gui', '--duration', '15',
+        sys.executable, '-m', 'telesurgery_ros.demo', '--gui', '--duration', '30',
         '--profile', 'rome_beijing_2024', '--runs-dir', str(tmp_path),
         '--ready-timeout', str(READY_TIMEOUT)], env={'DISPLAY': display})
     code = demo.wait(READY_TIMEOUT + 120)
@@ -363,6 +363,7 @@ def test_make_demo_gui_reports_the_viewer_fps_and_the_arms_physics(
           f"{loop['physics_percent_mean']} % (min {loop['physics_percent_min']}), viewer "
           f"{loop['viewer_fps_mean']} fps, holds after ready {report['holds_after_ready']}")
     assert code == (0 if report['sound'] else 1)
-    assert report['gui'] and loop['reports'] > 0 and loop['viewer_fps_mean'] > 0
+    assert report['gui'] and loop['reports'] > 0
+    assert (loop['viewer_fps_mean'] or 0) > 0, 'no fps report from the viewer in the demo'
     assert 'arm physics    ' in out and 'fps achieved' in out
     assert '[arm_viewer] exited: ' in out
