@@ -170,6 +170,9 @@ def test_insecure_mode_is_announced(launcher):
     assert '[WARN]' in proc.output().split('INSECURE')[0].rsplit('\n', 1)[-1]
 
 
+CIRCLE_SPEED_BOUND = 0.05       # m/s: twice the surgeon circle's 25 mm/s
+
+
 class TwoSites:
     """Patient site in domain B (this run's), surgeon site in domain A, linked over TLS."""
 
@@ -313,7 +316,7 @@ def test_killed_surgeon_link_holds_then_resumes_after_realignment(
     timeout = 0.1                                   # commands.timeout of the watchdog
     print(f'HOLD {took * 1e3:.0f} ms after the kill, {after_last * 1e3:.0f} ms after the last '
           f'command reached the arm = commands.timeout {timeout * 1e3:.0f} ms + '
-          f'{(after_last - timeout) * 1e3:.0f} ms (the watchdog checks every 5 ms): '
+          f'{(after_last - timeout) * 1e3:.0f} ms (the watchdog arms a deadline at the last command + the timeout): '
           f'{probe.latest(STATE).data}')
     assert after_last < timeout + 0.25
     wait_for(lambda: (link_status(probe) or {}).get('connection') == 'lost', 10,
@@ -336,11 +339,18 @@ def test_killed_surgeon_link_holds_then_resumes_after_realignment(
     took = sites.wait_state(SafetyState.NOMINAL, 60.0, 'NOMINAL after re-alignment')
     print(f'NOMINAL {took:.1f} s after restarting the surgeon link')
     time.sleep(1.0)
-    path = sites.positions(restarted)
+    timed = [(t, m.pose.position) for t, m in sites.probe.timed(MEASURED) if t >= restarted]
+    path = np.array([(p.x, p.y, p.z) for _t, p in timed])
+    gaps = np.diff([t for t, _p in timed])
     steps = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    # A jump is a step beyond the re-alignment tolerance (2 mm) plus what the circle's
+    # 25 mm/s can cover between two samples this probe heard (it may miss some).
+    excess = steps - (0.002 + CIRCLE_SPEED_BOUND * gaps)
+    worst = int(np.argmax(steps))
     print(f'largest step between feedback samples across the resumption: '
-          f'{steps.max() * 1e3:.3f} mm ({len(path)} samples; re-alignment tolerance 2 mm)')
-    assert steps.max() < 0.002
+          f'{steps[worst] * 1e3:.3f} mm over {gaps[worst] * 1e3:.0f} ms ({len(path)} samples; '
+          f're-alignment tolerance 2 mm + {CIRCLE_SPEED_BOUND * 1e3:.0f} mm/s)')
+    assert excess.max() < 0.0
     assert link_status(probe)['peer_connects'] == '2'
 
 
