@@ -316,8 +316,8 @@ def test_killed_surgeon_link_holds_then_resumes_after_realignment(
     timeout = 0.1                                   # commands.timeout of the watchdog
     print(f'HOLD {took * 1e3:.0f} ms after the kill, {after_last * 1e3:.0f} ms after the last '
           f'command reached the arm = commands.timeout {timeout * 1e3:.0f} ms + '
-          f'{(after_last - timeout) * 1e3:.0f} ms (the watchdog arms a deadline at the last command + the timeout): '
-          f'{probe.latest(STATE).data}')
+          f'{(after_last - timeout) * 1e3:.0f} ms (the watchdog wakes at the last command + '
+          f'the timeout): {probe.latest(STATE).data}')
     assert after_last < timeout + 0.25
     wait_for(lambda: (link_status(probe) or {}).get('connection') == 'lost', 10,
              what='the patient link to report the surgeon site lost')
