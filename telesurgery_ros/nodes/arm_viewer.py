@@ -92,7 +92,7 @@ PARAMETERS = (
           read_only=True),
     Param('priority', 'idle', 'CPU priority of the rendering: idle = SCHED_IDLE (only CPU '
           'time nothing else of its session wants), low = nice 19, normal (the DDS threads '
-          'stay idle). The control path (console, relay, watchdog, slave, site_link) runs '
+          'stay idle). The control threads of the relay, watchdog, slave and site_link run '
           'SCHED_FIFO where permitted, above any of these',
           choices=PRIORITIES, read_only=True),
     Param('autogroup_nice', 19, "nice value of the viewer's autogroup (Linux shares CPU "
