@@ -215,9 +215,15 @@ class TwoSites:
         return state is not None and state.allows_motion and len(
             self.probe.messages(MEASURED)) > 20 and len(self.probe.messages(COMMAND)) > 20
 
+    def timed_positions(self, since, until=math.inf):
+        """Receive times and positions of the arm's measured_cp heard in ``[since, until]``."""
+        timed = [(t, m.pose.position) for t, m in self.probe.timed(MEASURED)
+                 if since <= t <= until]
+        return (np.array([t for t, _p in timed]),
+                np.array([(p.x, p.y, p.z) for _t, p in timed]))
+
     def positions(self, since, until=math.inf):
-        return np.array([(m.pose.position.x, m.pose.position.y, m.pose.position.z)
-                         for t, m in self.probe.timed(MEASURED) if since <= t <= until])
+        return self.timed_positions(since, until)[1]
 
     def wait_state(self, state, timeout, what):
         started = time.monotonic()
@@ -339,9 +345,8 @@ def test_killed_surgeon_link_holds_then_resumes_after_realignment(
     took = sites.wait_state(SafetyState.NOMINAL, 60.0, 'NOMINAL after re-alignment')
     print(f'NOMINAL {took:.1f} s after restarting the surgeon link')
     time.sleep(1.0)
-    timed = [(t, m.pose.position) for t, m in sites.probe.timed(MEASURED) if t >= restarted]
-    path = np.array([(p.x, p.y, p.z) for _t, p in timed])
-    gaps = np.diff([t for t, _p in timed])
+    times, path = sites.timed_positions(restarted)
+    gaps = np.diff(times)
     steps = np.linalg.norm(np.diff(path, axis=0), axis=1)
     # A jump is a step beyond the re-alignment tolerance (2 mm) plus what the circle's
     # 25 mm/s can cover between two samples this probe heard (it may miss some).

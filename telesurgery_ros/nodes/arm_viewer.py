@@ -133,19 +133,17 @@ def _lower_autogroup(nice):
     """Give this session's autogroup ``nice``; return a phrase for the log (what is in force)."""
     if not os.path.exists(AUTOGROUP):
         return 'no autogroups'
-    if nice <= 0:
-        with open(AUTOGROUP) as handle:
-            return handle.read().strip().lstrip('/')      # e.g. 'autogroup-12 nice 0'
-    if not _own_autogroup():
-        return ('autogroup shared with the terminal session (not reniced; start the viewer '
-                'through a launch file for autogroup_nice)')
-    try:
-        with open(AUTOGROUP, 'w') as handle:
-            handle.write(str(int(nice)))
-        with open(AUTOGROUP) as handle:
-            return handle.read().strip().lstrip('/')
-    except OSError as exc:
-        return f'autogroup nice {nice} refused ({exc.strerror})'
+    if nice > 0:
+        if not _own_autogroup():
+            return ('autogroup shared with the terminal session (not reniced; start the viewer '
+                    'through a launch file for autogroup_nice)')
+        try:
+            with open(AUTOGROUP, 'w') as handle:
+                handle.write(str(int(nice)))
+        except OSError as exc:
+            return f'autogroup nice {nice} refused ({exc.strerror})'
+    with open(AUTOGROUP) as handle:
+        return handle.read().strip().lstrip('/')          # e.g. 'autogroup-12 nice 19'
 
 
 def _set_priority(priority, autogroup_nice=0):
@@ -323,12 +321,10 @@ class ArmViewer(Node):
         for status in msg.status:
             direction = status.name.rsplit(':', 1)[-1].strip()
             self.stats[direction] = {kv.key: kv.value for kv in status.values}
-        if self.requested['blackout'] is not None and self._stats_blackout() == \
-                self.requested['blackout']:
-            self.requested['blackout'] = None
-        if self.requested['profile'] is not None and self._stats_profile() == \
-                self.requested['profile']:
-            self.requested['profile'] = None
+        for key, shown in (('blackout', self._stats_blackout()),
+                           ('profile', self._stats_profile())):
+            if self.requested[key] == shown:
+                self.requested[key] = None      # the relay's stats caught up with the request
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
@@ -407,6 +403,9 @@ class ArmViewer(Node):
         # for idle CPU. SCHED_FIFO 1 (the lowest) where permitted, else normal scheduling.
         self.joy_schedule = make_realtime(JOY_REPEAT_PRIORITY)
         if not self.joy_schedule.realtime:
+            self.get_logger().warning(
+                f'SCHED_FIFO {JOY_REPEAT_PRIORITY} for the key-repeat thread refused '
+                f'({self.joy_schedule.refused}): it runs with normal scheduling')
             try:
                 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             except OSError:
