@@ -4,6 +4,7 @@ ROS 2 plumbing shared by the node adapters: QoS, parameters, conversions, ``main
 Nothing algorithmic lives here; the algorithms are in :mod:`telesurgery_ros.core`.
 """
 import inspect
+import os
 import signal
 import sys
 import time
@@ -372,4 +373,12 @@ def run_node(node_class, args=None, executor='events'):
                 hook()
             node.destroy_node()
         rclpy.try_shutdown()
+    if node is None and code:
+        # The constructor failed after its DDS participant (and maybe threads) existed: that
+        # half-built node is only torn down at interpreter exit, which hung once in the
+        # suite (the one-line error printed, the process never ended). Nothing of it is
+        # worth keeping: flush and end now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

@@ -24,7 +24,7 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import String
 
 from telesurgery_ros import resources, terminal
-from telesurgery_ros.core import contract, kinematics
+from telesurgery_ros.core import cdr, contract, kinematics
 from telesurgery_ros.core.command_check import CommandLimits
 from telesurgery_ros.core.input_sources import (
     JoyInput, JoyMap, KEY_HELP, KeyboardInput, load_replay, ReplayInput, SHAPES,
@@ -37,8 +37,7 @@ from telesurgery_ros.core.teleop import (
     AdaptiveScale, FilterConfig, PoseFilter, SCALE_POLICIES, scale_problems, Teleop)
 from telesurgery_ros.rosutil import (
     declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS,
-    LATEST_QOS, make_pose_stamped, pose_to_arrays, run_node, SAFETY_QOS, stamp_to_sec,
-    STREAM_QOS)
+    LATEST_QOS, run_node, SAFETY_QOS, STREAM_QOS)
 
 INPUTS = ('trajectory', 'replay', 'keyboard', 'joy')
 HAND_INPUTS = ('keyboard', 'joy')
@@ -217,12 +216,16 @@ class MasterConsole(Node):
         self.jaw_pub = self.create_publisher(JointState, topics['jaw_servo_jp'], STREAM_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS_TOPIC,
                                               DIAGNOSTICS_QOS)
+        # The feedback streams (200 Hz each) and the command stream (rate) are read and built
+        # as raw CDR (core/cdr): no Python message object per sample (doc/benchmarks.md).
+        self._pose_bytes = cdr.PoseStampedEncoder(self.frame)
+        self._now_ns = self._fast_clock()
         self.create_subscription(PoseStamped, topics['measured_cp'], self._on_measured,
-                                 STREAM_QOS)
+                                 STREAM_QOS, raw=True)
         self.create_subscription(PoseStamped, topics['setpoint_cp'], self._on_setpoint,
-                                 STREAM_QOS)
+                                 STREAM_QOS, raw=True)
         self.create_subscription(WrenchStamped, topics['measured_cf'], self._on_force,
-                                 STREAM_QOS)
+                                 STREAM_QOS, raw=True)
         self.create_subscription(String, contract.SAFETY_STATE_TOPIC, self._on_safety,
                                  SAFETY_QOS)
         self.joy_stale = True
@@ -339,8 +342,21 @@ class MasterConsole(Node):
 
     # --- the command stream ------------------------------------------------------------
 
+    def _fast_clock(self):
+        """
+        Return a function giving the node clock's time in ns.
+
+        Without simulated time the node clock is the system clock, and :func:`time.time_ns`
+        reads it at a fraction of ``get_clock().now()``'s cost (called several thousand times a
+        second here); with ``use_sim_time`` the ROS clock is used.
+        """
+        if self.get_parameter('use_sim_time').value:
+            clock = self.get_clock()
+            return lambda: clock.now().nanoseconds
+        return time.time_ns
+
     def _next_stamp_ns(self):
-        now = self.get_clock().now().nanoseconds
+        now = self._now_ns()
         stamp = max(now, self.last_stamp_ns + 1)     # unique and increasing
         self.last_stamp_ns = stamp
         return stamp
@@ -397,16 +413,15 @@ class MasterConsole(Node):
             self._next_prediction_ns = max(self._next_prediction_ns + period, stamp_ns)
             predictor.set_rtt(self._rtt_p50)
             self.prediction = predictor.predict(t)
-            self.predicted_pub.publish(make_pose_stamped(
-                self.prediction.position, self.prediction.quaternion, self.frame,
-                _time_msg(stamp_ns)))
+            self.predicted_pub.publish(self._pose_bytes.encode(
+                stamp_ns, self.prediction.position, self.prediction.quaternion))
             self.predictions_published += 1
         self._prediction_cost += time.thread_time() - started
 
     def _console_time(self, nanoseconds=None):
         """Seconds since start on the console clock (the predictor's clock)."""
         if nanoseconds is None:
-            nanoseconds = self.get_clock().now().nanoseconds
+            nanoseconds = self._now_ns()
         return (nanoseconds - self.start_ns) * 1e-9
 
     def _source_time(self, now_ns):
@@ -430,14 +445,13 @@ class MasterConsole(Node):
                 self.get_logger().info(f'{contract.JOY_TOPIC}: hand input live')
 
     def _publish(self, command, stamp_ns):
-        stamp = _time_msg(stamp_ns)
-        self.pose_pub.publish(make_pose_stamped(command.position, command.orientation,
-                                                self.frame, stamp))
+        self.pose_pub.publish(self._pose_bytes.encode(stamp_ns, command.position,
+                                                      command.orientation))
         angle = float(command.jaw)
         if angle != self._jaw_sent[0] or stamp_ns - self._jaw_sent[1] >= 1e9 / JAW_KEEPALIVE:
             self._jaw_sent = (angle, stamp_ns)
             jaw = JointState(name=[self.jaw_name], position=[angle])
-            jaw.header.stamp = stamp
+            jaw.header.stamp = _time_msg(stamp_ns)
             self.jaw_pub.publish(jaw)
         self.published += 1
 
@@ -458,39 +472,52 @@ class MasterConsole(Node):
 
     # --- feedback ----------------------------------------------------------------------
 
-    def _on_measured(self, msg):
-        position, orientation = pose_to_arrays(msg.pose)
+    def _decode(self, decode, data, topic):
+        try:
+            return decode(data)
+        except cdr.CdrError as exc:
+            self.get_logger().warning(f'ignoring {topic}: {exc}', throttle_duration_sec=5.0)
+            return None
+
+    def _on_measured(self, data):
+        pose = self._decode(cdr.decode_pose_stamped, data, 'measured_cp')
+        if pose is None:
+            return
+        stamp_ns, _frame, position, orientation = pose
         if _finite(position, orientation):
-            self.measured_rx_ns = self.get_clock().now().nanoseconds
+            position, orientation = np.array(position), np.array(orientation)
+            self.measured_rx_ns = self._now_ns()
             self.teleop.set_measured(position, orientation)
             self.feedback.on_measured(position, orientation)
             if self.predictor is not None:
                 started = time.thread_time()
-                stamp = msg.header.stamp
                 self.predictor.on_measured(
                     position, orientation, self._console_time(self.measured_rx_ns),
-                    self._console_time(stamp.sec * 1_000_000_000 + stamp.nanosec))
+                    self._console_time(stamp_ns))
                 self._prediction_cost += time.thread_time() - started
 
-    def _on_setpoint(self, msg):
-        now_ns = self.get_clock().now().nanoseconds
-        self.rtt.on_echo(stamp_to_sec(msg.header.stamp), now_ns * 1e-9)
+    def _on_setpoint(self, data):
+        now_ns = self._now_ns()
+        pose = self._decode(cdr.decode_pose_stamped, data, 'setpoint_cp')
+        if pose is None:
+            return
+        stamp_ns, _frame, position, orientation = pose
+        self.rtt.on_echo(stamp_ns * 1e-9, now_ns * 1e-9)
         if self.predictor is not None:
             started = time.thread_time()
-            stamp = msg.header.stamp
-            self.predictor.on_echo(self._console_time(stamp.sec * 1_000_000_000 + stamp.nanosec),
-                                   self._console_time(now_ns))
+            self.predictor.on_echo(self._console_time(stamp_ns), self._console_time(now_ns))
             self._prediction_cost += time.thread_time() - started
-        position, orientation = pose_to_arrays(msg.pose)
         if _finite(position, orientation):
-            self.feedback.on_setpoint(position, orientation)
+            self.feedback.on_setpoint(np.array(position), np.array(orientation))
 
-    def _on_force(self, msg):
-        f = msg.wrench.force
-        self.feedback.on_force((f.x, f.y, f.z))
+    def _on_force(self, data):
+        force = self._decode(cdr.decode_wrench_force, data, 'measured_cf')
+        if force is None:
+            return
+        self.feedback.on_force(force)
         if self.predictor is not None:
             started = time.thread_time()
-            self.predictor.on_force((f.x, f.y, f.z), self._console_time())
+            self.predictor.on_force(force, self._console_time())
             self._prediction_cost += time.thread_time() - started
 
     def _on_safety(self, msg):
