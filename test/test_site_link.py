@@ -216,9 +216,16 @@ class TwoSites:
             self.probe.messages(MEASURED)) > 20 and len(self.probe.messages(COMMAND)) > 20
 
     def timed_positions(self, since, until=math.inf):
-        """Receive times and positions of the arm's measured_cp heard in ``[since, until]``."""
-        timed = [(t, m.pose.position) for t, m in self.probe.timed(MEASURED)
-                 if since <= t <= until]
+        """
+        Stamps (s) and positions of the arm's measured_cp heard in ``[since, until]``.
+
+        The window is in receive time; the times returned are the slave's stamps, the instants
+        the poses belong to (this busy probe hears feedback in bursts, so its receive times
+        would squeeze tens of milliseconds of motion into a few).
+        """
+        timed = [(stamp_to_sec(m.header.stamp), m.pose.position)
+                 for t, m in self.probe.timed(MEASURED) if since <= t <= until]
+        timed.sort(key=lambda item: item[0])
         return (np.array([t for t, _p in timed]),
                 np.array([(p.x, p.y, p.z) for _t, p in timed]))
 
