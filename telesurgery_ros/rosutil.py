@@ -25,7 +25,9 @@ from rclpy.signals import SignalHandlerOptions
 
 from telesurgery_ros import transport
 from telesurgery_ros.core.command_source import ACCEPT, CommandSource, node_name, UNKNOWN
-from telesurgery_ros.core.params import check_table, ConfigError, to_namespace, validate_values
+from telesurgery_ros.core.params import (
+    check_table, ConfigError, Param, to_namespace, validate_values)
+from telesurgery_ros.core.realtime import make_receive_realtime
 
 # Command and feedback streams: latest wins, no retransmission of stale samples.
 STREAM_QOS = QoSProfile(
@@ -314,6 +316,38 @@ class SourceGate:
 # --- main ----------------------------------------------------------------------------------
 
 _stop_requested = []
+
+
+# --- scheduling -------------------------------------------------------------------------
+
+def executor_priority_param(default):
+    """Return the ``executor_priority`` parameter of a node on the control path."""
+    return Param(
+        'executor_priority', default,
+        'SCHED_FIFO priority of the executor thread (message callbacks) and of the DDS '
+        'threads that receive its messages, used where the system permits it (root or '
+        'CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling. '
+        "at most the priority of the node's own real-time thread", '', 0, 98,
+        read_only=True)
+
+
+def realtime_executor(node, priority):
+    """
+    Put the executor and the node's DDS threads under ``SCHED_FIFO`` ``priority``.
+
+    Call it at the end of a node's constructor, on the thread that will spin it (see
+    :func:`telesurgery_ros.core.realtime.make_receive_realtime`). Logs one line (a warning
+    where refused) and returns the Schedule, for ``/diagnostics``.
+    """
+    schedule, threads = make_receive_realtime(priority)
+    if priority > 0 and not schedule.realtime:
+        node.get_logger().warning(
+            f'executor_priority {priority} refused ({schedule.refused}): callbacks and '
+            'message reception run with normal scheduling')
+    elif schedule.realtime:
+        node.get_logger().info(f'executor and DDS receive threads: {schedule.describe()} '
+                               f'({threads} threads)')
+    return schedule
 
 
 def _request_stop(_signum, _frame):

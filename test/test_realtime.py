@@ -24,3 +24,51 @@ def test_real_time_scheduling_is_granted_or_refused_with_a_reason():
         not schedule.realtime and schedule.refused)
     assert realtime.current_schedule().policy == 'SCHED_OTHER'   # only that thread changed
     assert realtime.make_realtime(0).describe() == 'SCHED_OTHER (realtime_priority 0)'
+
+
+RECEIVE_SCRIPT = r"""
+import json, os, threading
+from telesurgery_ros.core import realtime
+stop = threading.Event()
+tids = {}
+ready = {name: threading.Event() for name in ('normal', 'loop', 'later')}
+def idle(name, priority):
+    if priority:
+        realtime.make_realtime(priority)
+    tids[name] = threading.get_native_id()
+    ready[name].set()
+    stop.wait()
+threads = [threading.Thread(target=idle, args=('normal', 0)),
+           threading.Thread(target=idle, args=('loop', 30))]
+for t in threads:
+    t.start()
+ready['normal'].wait()
+ready['loop'].wait()
+schedule, count = realtime.make_receive_realtime(20)
+later = threading.Thread(target=idle, args=('later', 0))
+later.start()
+ready['later'].wait()
+def policy(tid):
+    return [os.sched_getscheduler(tid) == os.SCHED_FIFO, os.sched_getparam(tid).sched_priority]
+print(json.dumps({'describe': schedule.describe(), 'realtime': schedule.realtime,
+                  'count': count, **{name: policy(tid) for name, tid in tids.items()}}))
+stop.set()
+"""
+
+
+def test_the_receive_threads_of_a_process_follow_its_executor_thread():
+    """In a child process: its other normally scheduled threads join, real-time ones keep."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', RECEIVE_SCRIPT], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    got = json.loads(out)
+    print(f'make_receive_realtime(20): {got} (this test passes either way)')
+    assert got['loop'] == ([True, 30] if got['realtime'] else [False, 0])
+    if got['realtime']:
+        assert got['describe'] == 'SCHED_FIFO 20' and got['count'] == 2    # itself + 'normal'
+        assert got['normal'] == [True, 20] and got['later'] == [True, 20]
+    else:
+        assert 'refused' in got['describe'] and got['count'] == 0
+        assert got['normal'] == [False, 0] and got['later'] == [False, 0]

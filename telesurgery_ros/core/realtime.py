@@ -71,6 +71,45 @@ def make_realtime(priority):
     return current_schedule(priority)
 
 
+def thread_ids():
+    """Return the kernel thread ids of this process (``/proc/self/task``), [] if unknown."""
+    try:
+        return sorted(int(t) for t in os.listdir('/proc/self/task'))
+    except OSError:
+        return []
+
+
+def make_receive_realtime(priority):
+    """
+    Put the calling thread and the process's normally scheduled threads under SCHED_FIFO.
+
+    Return ``(Schedule of the calling thread, number of threads set)``. Meant for a node's
+    executor thread, called once the node exists: the DDS threads that receive its
+    messages were started with the participant and would otherwise wait behind every
+    real-time thread of the machine (a message is only as prompt as the thread that
+    takes it off the socket). Threads already under a real-time policy (the control loop, a
+    release thread) keep theirs; threads started later inherit the caller's. ``priority <=
+    0`` changes nothing. Never raises: a refusal is reported in :attr:`Schedule.refused`
+    and leaves every thread as it was.
+    """
+    schedule = make_realtime(priority)
+    if not schedule.realtime:
+        return schedule, 0
+    me = threading.get_native_id()
+    done = 1
+    for tid in thread_ids():
+        if tid == me:
+            continue
+        try:
+            if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+                continue
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(schedule.priority))
+        except OSError:
+            continue        # the thread ended meanwhile, or the kernel refused this one
+        done += 1
+    return schedule, done
+
+
 def current_schedule(requested=0):
     """Return the Schedule of the calling thread as the kernel reports it."""
     try:

@@ -33,7 +33,8 @@ from telesurgery_ros.core.params import ConfigError, Param
 from telesurgery_ros.core.scheduler import ReleaseScheduler
 from telesurgery_ros.emulation import DIRECTIONS, Emulation, PARAMETERS as EMULATION
 from telesurgery_ros.rosutil import (
-    declare_parameters, diagnostic_array, DIAGNOSTICS_QOS, run_node)
+    declare_parameters, diagnostic_array, DIAGNOSTICS_QOS, executor_priority_param,
+    realtime_executor, run_node)
 
 _PAIRS_HELP = ("'input>output' topic pairs separated by ';'; empty = the arm's")
 
@@ -60,6 +61,7 @@ PARAMETERS = EMULATION + (
           'or CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling; '
           "below the slave's control loop (50) on a shared machine", low=0, high=98,
           read_only=True),
+    executor_priority_param(44),
 )
 
 
@@ -169,6 +171,7 @@ class NetworkRelay(Node):
         for pair in self.pairs:
             self.get_logger().info(f'{pair.direction}: {pair.source} -> {pair.target}')
         self._discover()
+        self.executor_schedule = realtime_executor(self, cfg.executor_priority)
 
     # --- configuration ------------------------------------------------------------------
 
@@ -262,7 +265,8 @@ class NetworkRelay(Node):
         return [self.emulation.status(direction, 'network_relay', {'topics': ', '.join(
             f'{p.source}>{p.target}' + (
                 '' if p.subscription else ' (no subscriber)' if p.publisher else ' (waiting)')
-            for p in self.pairs if p.direction == direction)}) for direction in DIRECTIONS]
+            for p in self.pairs if p.direction == direction),
+            'executor_scheduling': self.executor_schedule.describe()}) for direction in DIRECTIONS]
 
     def _publish_stats(self):
         msg = diagnostic_array(self, self.stats_statuses())

@@ -34,8 +34,9 @@ from telesurgery_ros.core.params import Param
 from telesurgery_ros.core.realtime import make_realtime, name_thread
 from telesurgery_ros.core.safety import SafetyConfig, SafetySupervisor
 from telesurgery_ros.rosutil import (
-    declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS, LogThrottle,
-    run_node, SAFETY_QOS, SourceGate, STREAM_QOS, with_message_info)
+    declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS,
+    executor_priority_param, LogThrottle, realtime_executor, run_node, SAFETY_QOS, SourceGate,
+    STREAM_QOS, with_message_info)
 
 # The supervision thread evaluates this long after a deadline: checks that compare an age
 # with '>' have changed by then.
@@ -53,6 +54,7 @@ PARAMETERS = (
           'SCHED_FIFO priority of the supervision thread, used where the system permits it '
           '(root or CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal '
           'scheduling', low=0, high=98, read_only=True),
+    executor_priority_param(44),
     Param('diagnostics_rate', 2.0, 'rate of /diagnostics', 'Hz', low=0.1, high=50.0,
           read_only=True),
     Param('commands.timeout', _D.command_timeout,
@@ -269,6 +271,7 @@ class SafetyWatchdog(Node):
             f'timeout {cfg.commands.timeout:.3f} s, shared_clock={cfg.shared_clock}, '
             f'force limit {cfg.force.limit:.1f} N; evaluated on events and deadlines '
             f'({self.schedule.describe()})')
+        self.executor_schedule = realtime_executor(self, cfg.executor_priority)
 
     def _on_change(self, cfg, _names):
         with self._lock:
@@ -462,6 +465,7 @@ class SafetyWatchdog(Node):
             counts = dict(sup.received)
         summary.update(evaluations=sup.evaluations, scheduling=self.schedule.describe(),
                        realtime=self.schedule.realtime,
+                       executor_scheduling=self.executor_schedule.describe(),
                        second_source=self.gate.source.second_source,
                        command_source=self.gate.source.pinned_name or 'none',
                        command_source_changes=self.gate.source.changes,

@@ -69,6 +69,7 @@ PARAMETERS = (
           'SCHED_FIFO priority of the control thread, used where the system permits it '
           '(root or CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal '
           'scheduling', '', 0, 98, read_only=True),
+    rosutil.executor_priority_param(40),
     Param('max_catch_up_steps', 10, 'most physics steps in one tick when the loop was late',
           '', 1, 100),
     Param('require_safety', True,
@@ -173,6 +174,7 @@ class SlaveController(Node):
             f'{list(contract.HOME_POSITION)} m; '
             + ('holding until safety/state arrives' if cfg.require_safety
                else 'require_safety=false: moving without a safety state'))
+        self.executor_schedule = rosutil.realtime_executor(self, cfg.executor_priority)
 
     # --- configuration --------------------------------------------------------------------
 
@@ -395,6 +397,7 @@ class SlaveController(Node):
             'tick_cost_p99_us': float(np.percentile(costs, 99)) * 1e6,
             'scheduling': schedule.describe(),
             'realtime': schedule.realtime,
+            'executor_scheduling': self.executor_schedule.describe(),
             'control_thread': 'running' if self.loop.alive else 'stopped',
             'commands_accepted': ctl.checker.accepted,
             'commands_executed': self.executed,
