@@ -22,6 +22,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from rclpy.signals import SignalHandlerOptions
+from rclpy.task import Future
 
 from telesurgery_ros import transport
 from telesurgery_ros.core.command_source import ACCEPT, CommandSource, node_name, UNKNOWN
@@ -389,10 +390,18 @@ def run_node(node_class, args=None, executor='events'):
         else:
             exe = rclpy.executors.SingleThreadedExecutor()
         exe.add_node(node)
-        # EventsExecutor.spin() never returns on SIGINT/SIGTERM (rclpy 9.1.2, checked);
-        # spin_once() in a loop that watches for a stop request works with both executors.
+        # EventsExecutor.spin() never returns on SIGINT/SIGTERM (rclpy 9.1.2, checked), so
+        # the loop spins in 0.1 s slices and watches for a stop request. With the
+        # EventsExecutor a slice is spin_until_future_complete() on a future nothing
+        # completes: it takes every event of the slice in one call, where spin_once() pays
+        # its set-up per event: about half the CPU per received message (doc/benchmarks.md,
+        # "Where the CPU goes"). Exceptions of callbacks propagate either way.
+        never = Future()
         while rclpy.ok() and not _stop_requested:
-            exe.spin_once(timeout_sec=0.1)
+            if executor == 'events':
+                exe.spin_until_future_complete(never, timeout_sec=0.1)
+            else:
+                exe.spin_once(timeout_sec=0.1)
     except ConfigError as exc:
         name = node_class.__name__ if node is None else node.get_name()
         for line in exc.problems:

@@ -108,3 +108,13 @@ def test_latency_quick_run_writes_results_and_report(launcher, tmp_path):
     text = report.markdown_report(str(out))
     assert '## The last full run' in text and '| bare hop p50 |' in text
     assert machine['cpu_model'] in text
+
+
+def test_callback_cost_refuses_bad_arguments_in_one_line_each(capsys):
+    from telesurgery_ros.tools import callback_cost
+    code = callback_cost.main(['--seconds', '0', '--rate', '5', '--bursts', '1,x'])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert lines == ['callback_cost: --seconds 0: allowed 1 to 120',
+                     'callback_cost: --rate 5: allowed 10 to 5000',
+                     "callback_cost: --bursts '1,x': comma-separated integers 1 to 10"]

@@ -88,11 +88,14 @@ class Rig:
         return np.array([rosutil.pose_to_arrays(m.pose)[0]
                          for t, m in self.probe.timed(TOPICS['measured_cp']) if t >= t_start])
 
-    def diagnostics(self):
+    def diagnostics(self, where=lambda values: True):
+        """Return the newest control-loop report (for which ``where`` holds), or None."""
         for msg in reversed(self.probe.messages(contract.DIAGNOSTICS_TOPIC)):
             for status in msg.status:
                 if status.name == STATUS_NAME:
-                    return {kv.key: kv.value for kv in status.values}
+                    values = {kv.key: kv.value for kv in status.values}
+                    if where(values):
+                        return values
         return None
 
     def settle_at(self, goal, timeout=15.0, tol=1e-4):
@@ -185,6 +188,14 @@ def test_tracks_a_5cm_circle_at_half_a_hertz(launcher, probe):
           f'tick cost mean {float(diag["tick_cost_mean_us"]):.0f} us')
     assert errors[best] < 0.5e-3
     assert int(diag['commands_executed']) > 1000
+    # One hop from this process (stamped when sent) to the slave's callback: positive, and
+    # far below a second on any machine (a unit or sign error would not be).
+    lat = rig.diagnostics(lambda values: int(values['command_latency_n']) > 0)
+    print(f"command latency in the slave's last report with commands: p50 "
+          f"{float(lat['command_latency_p50_ms']):.3f} ms p99 "
+          f"{float(lat['command_latency_p99_ms']):.3f} ms over {lat['command_latency_n']}")
+    assert 0.0 < float(lat['command_latency_p50_ms']) <= float(
+        lat['command_latency_p99_ms']) < 1000.0
 
 
 def test_joint_velocity_limits_hold_on_a_10cm_step(launcher, probe):

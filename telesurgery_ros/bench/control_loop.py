@@ -11,6 +11,8 @@ from the slave's own ``/diagnostics`` status ``<node>: control loop``; CPU per n
 (moonshot 0.1 %), jitter p99 <= 2x the slave alone (1.2x), CPU of the four nodes per arm
 <= 60 % of a core (35 %).
 """
+import numpy as np
+
 from telesurgery_ros.bench.latency import full_stack
 from telesurgery_ros.bench.measure import measure
 from telesurgery_ros.bench.stack import BenchError, require_nodes
@@ -50,6 +52,10 @@ def loop_figures(statuses, window, name_part=LOOP_STATUS):
     jitter = values('period_jitter_p99_ms')
     overrun = values('overrun_fraction')
     cost = values('tick_cost_mean_us')
+    # The slave's own account of the commands' latency (arrival - stamp), per report; NaN
+    # where a report's window had no command.
+    lat99 = [v for v in values('command_latency_p99_ms') if v == v]
+    lat50 = [v for v in values('command_latency_p50_ms') if v == v]
     scheduling = [s['values'].get('scheduling') for s in picked if 'scheduling' in s['values']]
     return {
         'scheduling': scheduling[-1] if scheduling else None,
@@ -59,6 +65,8 @@ def loop_figures(statuses, window, name_part=LOOP_STATUS):
         'jitter_p99_ms_mean': sum(jitter) / len(jitter) if jitter else None,
         'overrun_fraction': sum(overrun) / len(overrun) if overrun else None,
         'tick_cost_mean_us': sum(cost) / len(cost) if cost else None,
+        'command_latency_p50_ms_median': float(np.median(lat50)) if lat50 else None,
+        'command_latency_p99_ms_worst': max(lat99) if lat99 else None,
     }
 
 

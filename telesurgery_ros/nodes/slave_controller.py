@@ -151,6 +151,7 @@ class SlaveController(Node):
         self.ticks = 0
         self._periods = []
         self._costs = []
+        self._latencies = []            # arrival - stamp of the commands, this report's window
         self._window_start = time.monotonic()
         self._start = None
         self._steps_done = 0
@@ -285,6 +286,8 @@ class SlaveController(Node):
                 ctl.limits = ctl.follower.limits = self._motion_limits(cfg)
 
     def _command(self, arrival, stamp_ns, frame, position, quaternion):
+        with self._stats_lock:
+            self._latencies.append(arrival - stamp_ns * 1e-9)
         if frame and frame != self.frames['rcm']:
             self.wrong_frame += 1
             self._warn('frame', f"servo_cp rejected: frame_id '{frame}', expected "
@@ -369,7 +372,8 @@ class SlaveController(Node):
             periods = np.array(self._periods) if self._periods else np.array([self.dt])
             costs = np.array(self._costs) if self._costs else np.zeros(1)
             ticks = len(self._costs)
-            self._periods, self._costs = [], []
+            latencies = np.array(self._latencies) * 1e3
+            self._periods, self._costs, self._latencies = [], [], []
         self._window_start = t
         nominal = self.config.rate
         achieved = ticks / window if window > 0 else 0.0
@@ -403,6 +407,13 @@ class SlaveController(Node):
             'commands_executed': self.executed,
             'commands_waiting': len(self._inbox),
             'commands_out_of_order': ctl.checker.rejected['stale_stamp'],
+            # Console sample -> this node's callback (arrival - header.stamp): the one-way
+            # latency the arm sees, on a clock the two sites share (NaN with no command).
+            'command_latency_n': int(latencies.size),
+            'command_latency_p50_ms': float(np.percentile(latencies, 50)) if latencies.size
+            else math.nan,
+            'command_latency_p99_ms': float(np.percentile(latencies, 99)) if latencies.size
+            else math.nan,
             **{f'rejected_{r}': ctl.checker.rejected[r] for r in REASONS},
             'rejected_wrong_frame': self.wrong_frame,
             'rejected_malformed': self.malformed,

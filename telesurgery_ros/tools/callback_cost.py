@@ -3,9 +3,11 @@ What one received message costs a Python node: CPU per message of an rclpy subsc
 
 The floor under every node's CPU. A publisher process sends serialized ``PoseStamped`` bytes
 at ``--rate`` (in bursts of ``--burst`` messages on as many topics, as the slave's feedback
-arrives); a receiver process takes them with an empty raw callback, spun as the nodes spin
-(``run_node``: the EventsExecutor in a ``spin_once`` loop) and, for comparison, with the
-SingleThreadedExecutor. Both use the nodes' UDP-only transport, in a private ROS domain. The
+arrives); a receiver process takes them with an empty raw callback, spun three ways:
+``events``, as the nodes spin (``run_node``: the EventsExecutor in 0.1 s slices of
+``spin_until_future_complete``); ``events-once``, the EventsExecutor one ``spin_once`` per
+event (the nodes' loop until 2026-12-03); ``single``, the SingleThreadedExecutor's
+``spin_once``. Both use the nodes' UDP-only transport, in a private ROS domain. The
 receiver's CPU (``process_time``) over ``--seconds`` divided by the messages it took::
 
     .venv/bin/python -m telesurgery_ros.tools.callback_cost --seconds 8
@@ -18,7 +20,7 @@ import os
 import sys
 import time
 
-EXECUTORS = ('events', 'single')
+EXECUTORS = ('events', 'events-once', 'single')
 
 
 def build_parser():
@@ -87,6 +89,7 @@ def publish(args):
 def receive(args):
     """Take the messages with an empty raw callback; print one JSON line (receiver)."""
     from geometry_msgs.msg import PoseStamped
+    from rclpy.task import Future
     from telesurgery_ros.rosutil import STREAM_QOS
     rclpy, node = _node('callback_cost_sub')
     count = [0]
@@ -96,17 +99,21 @@ def receive(args):
     for i in range(args.burst):
         node.create_subscription(PoseStamped, f'callback_cost/t{i}', callback, STREAM_QOS,
                                  raw=True)
-    if args.executor == 'events':
+    if args.executor.startswith('events'):
         from rclpy.experimental import EventsExecutor
         exe = EventsExecutor()
     else:
         exe = rclpy.executors.SingleThreadedExecutor()
     exe.add_node(node)
+    never = Future()
 
     def spin_for(seconds):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            exe.spin_once(timeout_sec=0.1)
+            if args.executor == 'events':
+                exe.spin_until_future_complete(never, timeout_sec=0.1)
+            else:
+                exe.spin_once(timeout_sec=0.1)
     spin_for(4.0)                       # discovery and warm-up
     cpu, wall, heard = time.process_time(), time.monotonic(), count[0]
     spin_for(args.seconds)
@@ -154,16 +161,16 @@ def main(argv=None):
     os.environ['ROS_DOMAIN_ID'] = str(claim_domain())
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     rows, ok = [], True
-    print(f'{"executor":<8} {"burst":>5} {"msg/s":>8} {"CPU %":>7} {"us/msg":>7}')
+    print(f'{"executor":<11} {"burst":>5} {"msg/s":>8} {"CPU %":>7} {"us/msg":>7}')
     for executor in EXECUTORS:
         for burst in bursts:
             row = measure(args, executor, burst)
             if row is None or not row['messages_per_s']:
                 ok = False
-                print(f'{executor:<8} {burst:>5} no messages heard')
+                print(f'{executor:<11} {burst:>5} no messages heard')
                 continue
             rows.append(row)
-            print(f"{executor:<8} {burst:>5} {row['messages_per_s']:>8.0f} "
+            print(f"{executor:<11} {burst:>5} {row['messages_per_s']:>8.0f} "
                   f"{row['cpu_percent']:>7.1f} {row['cpu_us_per_message']:>7.0f}")
     print(f'load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores')
     if args.json:
