@@ -17,8 +17,8 @@ one-way latency with no clock sync.
    sending side that the sink on the other side never received (the DDS hops included: a
    starved sink process drops best-effort samples too).
 
-2 and 3 run twice: the links with normal scheduling (the default), then with
-``realtime_priority: 20`` (SCHED_FIFO).
+2 and 3 run three times: the links with normal scheduling (``realtime_priority: 0``), with
+``realtime_priority: 20`` (SCHED_FIFO), and with site_link's default, 45.
 """
 import os
 
@@ -35,9 +35,9 @@ TARGET_RATIO, MOONSHOT_RATIO = 3.0, 2.0
 TOPICS = arm_topics()
 SERVO, MEASURED, SETPOINT = TOPICS['servo_cp'], TOPICS['measured_cp'], TOPICS['setpoint_cp']
 LINKS = ('surgeon_link', 'patient_link')
-# The links with normal scheduling (site_link's default), then with SCHED_FIFO 20 (what a
-# deployment sharing its cores should give them; the slave has realtime_priority too).
-PRIORITIES = (0, 20)
+# The links with normal scheduling (realtime_priority 0), with SCHED_FIFO 20 (real time, under
+# every other real-time thread of the machine), and at site_link's default, 45.
+PRIORITIES = (0, 20, 45)
 GRACE = 1.0                        # s: stamps this close to the end may still be in flight
 
 
