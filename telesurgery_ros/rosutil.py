@@ -3,6 +3,7 @@ ROS 2 plumbing shared by the node adapters: QoS, parameters, conversions, ``main
 
 Nothing algorithmic lives here; the algorithms are in :mod:`telesurgery_ros.core`.
 """
+import faulthandler
 import inspect
 import os
 import signal
@@ -368,6 +369,9 @@ def run_node(node_class, args=None, executor='events'):
     process exits with code 2, never with a traceback. A node may define ``on_shutdown()``
     (e.g. command a hold); it runs before the node is destroyed.
     """
+    # A crash in native code (PyBullet, OpenGL, DDS) prints the Python stack of every thread
+    # on stderr before the process dies, so the log says where it happened.
+    faulthandler.enable()
     # UDP only, before the participant exists (telesurgery_ros/transport.py says why).
     transport_text, transport_warning = transport.configure()
     # rclpy's own SIGINT/SIGTERM handler shuts the context down at once, so on_shutdown()

@@ -31,19 +31,21 @@ import json, os, threading
 from telesurgery_ros.core import realtime
 stop = threading.Event()
 tids = {}
-ready = {name: threading.Event() for name in ('normal', 'loop', 'later')}
+ready = {name: threading.Event() for name in ('dds.udp.1', 'other', 'loop', 'later')}
 def idle(name, priority):
+    realtime.name_thread(name)
     if priority:
         realtime.make_realtime(priority)
     tids[name] = threading.get_native_id()
     ready[name].set()
     stop.wait()
-threads = [threading.Thread(target=idle, args=('normal', 0)),
+threads = [threading.Thread(target=idle, args=('dds.udp.1', 0)),
+           threading.Thread(target=idle, args=('other', 0)),
            threading.Thread(target=idle, args=('loop', 30))]
 for t in threads:
     t.start()
-ready['normal'].wait()
-ready['loop'].wait()
+for name in ('dds.udp.1', 'other', 'loop'):
+    ready[name].wait()
 schedule, count = realtime.make_receive_realtime(20)
 later = threading.Thread(target=idle, args=('later', 0))
 later.start()
@@ -57,7 +59,7 @@ stop.set()
 
 
 def test_the_receive_threads_of_a_process_follow_its_executor_thread():
-    """In a child process: its other normally scheduled threads join, real-time ones keep."""
+    """In a child process: its DDS threads join, other threads and real-time ones keep."""
     import json
     import subprocess
     import sys
@@ -66,9 +68,10 @@ def test_the_receive_threads_of_a_process_follow_its_executor_thread():
     got = json.loads(out)
     print(f'make_receive_realtime(20): {got} (this test passes either way)')
     assert got['loop'] == ([True, 30] if got['realtime'] else [False, 0])
+    assert got['other'] == [False, 0]                # not a DDS thread: left as it was
     if got['realtime']:
-        assert got['describe'] == 'SCHED_FIFO 20' and got['count'] == 2    # itself + 'normal'
-        assert got['normal'] == [True, 20] and got['later'] == [True, 20]
+        assert got['describe'] == 'SCHED_FIFO 20' and got['count'] == 2    # itself + dds.*
+        assert got['dds.udp.1'] == [True, 20] and got['later'] == [True, 20]
     else:
         assert 'refused' in got['describe'] and got['count'] == 0
-        assert got['normal'] == [False, 0] and got['later'] == [False, 0]
+        assert got['dds.udp.1'] == [False, 0] and got['later'] == [False, 0]

@@ -79,18 +79,33 @@ def thread_ids():
         return []
 
 
-def make_receive_realtime(priority):
+# Fast DDS names its threads 'dds.<role>...' (receive 'dds.udp.<port>', events 'dds.ev.0',
+# asynchronous writers 'dds.asyn...'). The process's other early threads (tracing, logging,
+# the OpenBLAS worker, rclpy's signal thread) are off the message path and keep theirs.
+DDS_THREAD_PREFIX = 'dds.'
+
+
+def thread_name(tid):
+    """Return the OS name of thread ``tid`` of this process ('' if it has ended)."""
+    try:
+        with open(f'/proc/self/task/{tid}/comm') as f:
+            return f.read().strip()
+    except OSError:
+        return ''
+
+
+def make_receive_realtime(priority, prefix=DDS_THREAD_PREFIX):
     """
-    Put the calling thread and the process's normally scheduled threads under SCHED_FIFO.
+    Put the calling thread and the process's DDS threads under SCHED_FIFO ``priority``.
 
     Return ``(Schedule of the calling thread, number of threads set)``. Meant for a node's
     executor thread, called once the node exists: the DDS threads that receive its
-    messages were started with the participant and would otherwise wait behind every
-    real-time thread of the machine (a message is only as prompt as the thread that
-    takes it off the socket). Threads already under a real-time policy (the control loop, a
-    release thread) keep theirs; threads started later inherit the caller's. ``priority <=
-    0`` changes nothing. Never raises: a refusal is reported in :attr:`Schedule.refused`
-    and leaves every thread as it was.
+    messages (named ``prefix...``) were started with the participant and would otherwise
+    wait behind every real-time thread of the machine (a message is only as prompt as the
+    thread that takes it off the socket). Threads already under a real-time policy keep
+    theirs; threads started later by the caller (the executor's) inherit its policy.
+    ``priority <= 0`` changes nothing. Never raises: a refusal is reported in
+    :attr:`Schedule.refused` and leaves every thread as it was.
     """
     schedule = make_realtime(priority)
     if not schedule.realtime:
@@ -98,7 +113,7 @@ def make_receive_realtime(priority):
     me = threading.get_native_id()
     done = 1
     for tid in thread_ids():
-        if tid == me:
+        if tid == me or not thread_name(tid).startswith(prefix):
             continue
         try:
             if os.sched_getscheduler(tid) != os.SCHED_OTHER:
