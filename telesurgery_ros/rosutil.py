@@ -328,7 +328,7 @@ def executor_priority_param(default):
         'executor_priority', default,
         'SCHED_FIFO priority of the executor thread (message callbacks) and of the DDS '
         'threads that receive its messages, used where the system permits it (root or '
-        'CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling. '
+        'CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling; '
         "at most the priority of the node's own real-time thread", '', 0, 98,
         read_only=True)
 
