@@ -352,6 +352,21 @@ def realtime_executor(node, priority):
     return schedule
 
 
+def spin_slice(exe, never, events=True, seconds=0.1):
+    """
+    Spin ``exe`` for one slice of ``seconds``, as every node spins (``run_node``).
+
+    With the EventsExecutor (``events``) a slice is ``spin_until_future_complete()`` on
+    ``never``, a Future nothing completes: it takes every event of the slice in one call,
+    where ``spin_once()`` pays its set-up per event (doc/benchmarks.md, "Where the CPU
+    goes"). Otherwise one ``spin_once()``. Exceptions of callbacks propagate either way.
+    """
+    if events:
+        exe.spin_until_future_complete(never, timeout_sec=seconds)
+    else:
+        exe.spin_once(timeout_sec=seconds)
+
+
 def _request_stop(_signum, _frame):
     # Never raise here: an exception inside a callback would be swallowed by the executor.
     # The spin loop below sees the request within 0.1 s; a second signal interrupts at once.
@@ -395,17 +410,10 @@ def run_node(node_class, args=None, executor='events'):
             exe = rclpy.executors.SingleThreadedExecutor()
         exe.add_node(node)
         # EventsExecutor.spin() never returns on SIGINT/SIGTERM (rclpy 9.1.2, checked), so
-        # the loop spins in 0.1 s slices and watches for a stop request. With the
-        # EventsExecutor a slice is spin_until_future_complete() on a future nothing
-        # completes: it takes every event of the slice in one call, where spin_once() pays
-        # its set-up per event: about half the CPU per received message (doc/benchmarks.md,
-        # "Where the CPU goes"). Exceptions of callbacks propagate either way.
+        # the loop spins in 0.1 s slices and watches for a stop request.
         never = Future()
         while rclpy.ok() and not _stop_requested:
-            if executor == 'events':
-                exe.spin_until_future_complete(never, timeout_sec=0.1)
-            else:
-                exe.spin_once(timeout_sec=0.1)
+            spin_slice(exe, never, events=executor == 'events')
     except ConfigError as exc:
         name = node_class.__name__ if node is None else node.get_name()
         for line in exc.problems:

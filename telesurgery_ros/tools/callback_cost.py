@@ -90,7 +90,7 @@ def receive(args):
     """Take the messages with an empty raw callback; print one JSON line (receiver)."""
     from geometry_msgs.msg import PoseStamped
     from rclpy.task import Future
-    from telesurgery_ros.rosutil import STREAM_QOS
+    from telesurgery_ros.rosutil import spin_slice, STREAM_QOS
     rclpy, node = _node('callback_cost_sub')
     count = [0]
 
@@ -110,10 +110,7 @@ def receive(args):
     def spin_for(seconds):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            if args.executor == 'events':
-                exe.spin_until_future_complete(never, timeout_sec=0.1)
-            else:
-                exe.spin_once(timeout_sec=0.1)
+            spin_slice(exe, never, events=args.executor == 'events')
     spin_for(4.0)                       # discovery and warm-up
     cpu, wall, heard = time.process_time(), time.monotonic(), count[0]
     spin_for(args.seconds)
