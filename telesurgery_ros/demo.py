@@ -639,8 +639,12 @@ class TwoSites:
             return {side: dict(values) for side, values in self.link.items()}
 
 
+# The last ``site_link: link`` status of each side (sent at stats_rate, so the two sides'
+# counters are up to one period apart). sequence_gaps: samples of the other site this link
+# never received (lost on the link).
 LINK_FIELDS = ('connection', 'peer_identity', 'messages_sent', 'messages_received',
-               'replay_drops', 'refused_peers', 'refused_handshakes', 'peer_losses')
+               'sequence_gaps', 'replay_drops', 'refused_peers', 'refused_handshakes',
+               'peer_losses')
 
 
 def link_text(link):

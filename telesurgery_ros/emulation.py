@@ -167,6 +167,8 @@ class Emulation:
         values['profile'] = self.resolved.name
         values['preserve_order'] = link.config.preserve_order
         values['scheduling'] = self.scheduler.schedule.describe()
+        # How early the release thread wakes, its measured median wake-up latency (ms).
+        values['release_lead_ms'] = self.scheduler.lead * 1e3
         values['blackout'] = link.blackout
         values['outage'] = outage
         values.update(extra or {})

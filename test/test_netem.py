@@ -307,7 +307,8 @@ def test_link_stats_counts_reordering_and_percentiles():
 
 # --- scheduler -----------------------------------------------------------------------------
 
-def test_scheduler_releases_in_time_order_never_early():
+def _release_all(due, max_lead):
+    """Submit ``{item: release time}``; return [(delivery time, item)] and the scheduler."""
     got = []
     lock = threading.Lock()
 
@@ -315,24 +316,51 @@ def test_scheduler_releases_in_time_order_never_early():
         with lock:
             got.append((time.monotonic(), item))
 
-    sched = ReleaseScheduler(deliver).start()
+    sched = ReleaseScheduler(deliver, max_lead=max_lead).start()
     try:
-        now = time.monotonic()
-        due = {i: now + 0.05 + 0.002 * ((i * 7) % 20) for i in range(40)}
         for i, t in due.items():
             sched.submit(t, i, key='forward')
         deadline = time.monotonic() + 10.0
-        while len(got) < 40 and time.monotonic() < deadline:
+        while len(got) < len(due) and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         sched.stop()
+    return got, sched
+
+
+@pytest.mark.parametrize('max_lead', [0.0, 2e-4])
+def test_scheduler_releases_in_time_order_never_earlier_than_its_lead(max_lead):
+    now = time.monotonic()
+    due = {i: now + 0.05 + 0.002 * ((i * 7) % 20) for i in range(40)}
+    got, sched = _release_all(due, max_lead)
     assert len(got) == 40
     late = [at - due[i] for at, i in got]
-    assert min(late) >= 0.0
+    assert 0.0 <= sched.lead <= max_lead
+    assert min(late) >= -max_lead
     assert [i for _at, i in got] == sorted(due, key=lambda i: (due[i], i))
-    print(f'scheduler lateness: median {np.median(late) * 1e3:.3f} ms, '
-          f'max {max(late) * 1e3:.3f} ms')
+    print(f'scheduler lateness (max_lead {max_lead * 1e3:g} ms): median '
+          f'{np.median(late) * 1e3:.3f} ms, max {max(late) * 1e3:.3f} ms, lead '
+          f'{sched.lead * 1e3:.3f} ms')
     assert sched.pending['forward'] == 0
+
+
+def test_scheduler_learns_its_wake_up_latency_and_releases_on_time_on_average():
+    """The lead follows the median lateness of the timed wake-ups, so the median moves in."""
+    now = time.monotonic() + 0.05
+    due = {i: now + 0.002 * i for i in range(400)}          # 500 Hz for 0.8 s
+    fixed, _ = _release_all(due, 0.0)
+    now = time.monotonic() + 0.05
+    due2 = {i: now + 0.002 * i for i in range(400)}
+    learned, sched = _release_all(due2, 2e-4)
+    late_fixed = np.array([at - due[i] for at, i in fixed])
+    late = np.array([at - due2[i] for at, i in learned])
+    print(f'median lateness: {np.median(late_fixed) * 1e6:.0f} us without a lead, '
+          f'{np.median(late) * 1e6:.0f} us with the learned lead of '
+          f'{sched.lead * 1e6:.0f} us; earliest {late.min() * 1e6:.0f} us')
+    assert late_fixed.min() >= 0.0
+    assert late.min() >= -2e-4
+    assert 0.0 < sched.lead <= 2e-4          # a wake-up is never exactly on time
+    assert [i for _at, i in learned] == sorted(due2)
 
 
 def test_scheduler_keeps_the_order_of_a_fifo_link_across_both_release_paths():

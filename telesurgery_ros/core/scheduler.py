@@ -11,6 +11,14 @@ Order: items due at the same time leave in submission order, and the immediate p
 taken only when nothing is waiting or being delivered, so a link whose release times never
 decrease (``preserve_order``) delivers in exactly the order it was given.
 
+Wake-up latency: a thread that sleeps until a time wakes up some tens of µs after it (the
+kernel's timer, the thread switch, the GIL), so every delayed message would leave that much
+late. The release thread measures that lateness on each of its timed wake-ups and tracks its
+median (:attr:`ReleaseScheduler.lead`, at most ``max_lead``); it then wakes that much before
+the next release time and releases what falls due within it. A message therefore leaves at
+its time on average instead of always late, and never more than ``max_lead`` early.
+``max_lead=0`` turns this off (never early, always late by the wake-up).
+
 The release thread asks for ``SCHED_FIFO`` at ``priority`` (see
 :func:`telesurgery_ros.core.realtime.make_realtime`); :attr:`ReleaseScheduler.schedule` tells
 what it got.
@@ -25,13 +33,19 @@ import time
 
 from telesurgery_ros.core.realtime import make_realtime, name_thread
 
+MAX_LEAD = 2e-4          # s: the most a message may leave before its release time
+LEAD_STEP = 2e-6         # s: how far one wake-up moves the median estimate of the lateness
+
 
 class ReleaseScheduler:
     """A heap of ``(release_time, item)`` drained by one thread at the right times."""
 
-    def __init__(self, deliver, clock=time.monotonic, on_error=None, priority=0):
+    def __init__(self, deliver, clock=time.monotonic, on_error=None, priority=0,
+                 max_lead=MAX_LEAD):
         """Create the scheduler; call :meth:`start` to run the release thread."""
         self._deliver = deliver
+        self.max_lead = max(0.0, float(max_lead))
+        self.lead = 0.0                  # s: the release thread wakes this much early
         self._priority = priority
         self.schedule = None
         self._clock = clock
@@ -68,7 +82,7 @@ class ReleaseScheduler:
         """
         with self._cond:
             immediate = (not self._heap and not self._delivering
-                         and release_time <= self._clock())
+                         and release_time - self.lead <= self._clock())
             if immediate:
                 self._delivering = True
             else:
@@ -111,20 +125,26 @@ class ReleaseScheduler:
         self.schedule = make_realtime(self._priority)
         ready.set()
         cond = self._cond
+        clock = self._clock
         while True:
             with cond:
                 while self._running:
                     if self._heap:
-                        wait = self._heap[0][0] - self._clock()
+                        wake = self._heap[0][0] - self.lead
+                        wait = wake - clock()
                         if wait <= 0.0 and not self._delivering:
                             break
-                        cond.wait(wait if wait > 0.0 else None)
+                        if wait > 0.0:
+                            if not cond.wait(wait):
+                                self._learn(clock() - wake)
+                        else:
+                            cond.wait()        # the immediate path notifies when it is done
                     else:
                         cond.wait()
                 if not self._running:
                     return
                 due = []
-                now = self._clock()
+                now = clock() + self.lead
                 while self._heap and self._heap[0][0] <= now:
                     entry = heapq.heappop(self._heap)
                     self.pending[entry[2]] -= 1
@@ -136,3 +156,10 @@ class ReleaseScheduler:
             finally:
                 with cond:
                     self._delivering = False
+
+    def _learn(self, lateness):
+        """Move :attr:`lead` one step towards the median lateness of the timed wake-ups."""
+        if self.max_lead <= 0.0:
+            return
+        step = LEAD_STEP if lateness > self.lead else -LEAD_STEP
+        self.lead = min(self.max_lead, max(0.0, self.lead + step))
