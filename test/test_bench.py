@@ -6,6 +6,7 @@ Never asserts a performance figure: only that measurements happen and results ar
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,38 @@ def test_parse_proc_stat_handles_spaces_in_the_name():
     text = '42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 111 222 33 44 20 0 1 0 5 6 7\n'
     assert stats.parse_proc_stat(text) == 333
     assert stats.cpu_seconds(os.getpid()) > 0.0
+
+
+def test_thread_groups_drop_trailing_numbers():
+    assert stats.thread_group('dds.udp.7412') == 'dds.udp'
+    assert stats.thread_group('rx-1') == 'rx'
+    assert stats.thread_group('slave-control') == 'slave-control'
+    assert stats.thread_group('python') == 'python'
+
+
+def test_thread_cpu_names_a_busy_thread_by_its_os_name():
+    import threading
+    from telesurgery_ros.core.realtime import name_thread
+    stop = threading.Event()
+
+    def spin():
+        name_thread('bench-spin-7')
+        while not stop.is_set():
+            sum(range(1000))
+
+    before = {'me': stats.thread_cpu_seconds(os.getpid())}
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    time.sleep(0.5)
+    after = {'me': stats.thread_cpu_seconds(os.getpid())}
+    wall = time.monotonic() - started
+    stop.set()
+    thread.join()
+    pct = stats.thread_cpu_percent(before, after, wall)['me']
+    print(f'busy thread: {pct.get("bench-spin", 0.0):.0f} % of a core over {wall:.2f} s')
+    assert pct.get('bench-spin', 0.0) > 10.0        # it shares the GIL with this thread only
+    assert stats.thread_cpu_seconds(2 ** 22 + 12345) is None
 
 
 def test_tracking_errors_from_hold_and_interpolation():

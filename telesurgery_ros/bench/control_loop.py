@@ -70,6 +70,28 @@ def loop_figures(statuses, window, name_part=LOOP_STATUS):
     }
 
 
+THREAD_NOTES = {
+    'python': 'the main thread: the executor and its callbacks (and any Python thread '
+              'without an OS name)',
+    'slave-control': 'the 1 kHz physics and control thread',
+    'relay-release': 'the release thread of the emulated network',
+    'dds.udp': "Fast DDS's UDP receive threads", 'dds.ev': "Fast DDS's event thread",
+}
+
+
+def thread_table(threads, floor=0.5):
+    """Tabulate the whole stack's CPU per node and thread group (under ``floor`` % left out)."""
+    rows = []
+    for name in NODES:
+        groups = threads.get(name) or {}
+        for group, pct in sorted(groups.items(), key=lambda item: -item[1]):
+            if pct >= floor:
+                rows.append([name, group, round(pct, 1), THREAD_NOTES.get(group, '')])
+    return {'title': 'whole stack: CPU per node and thread (% of one core; the OS thread '
+                     f'names, numbers dropped; groups under {floor:g} % left out)',
+            'columns': ['node', 'thread', '% core', 'what it is'], 'rows': rows}
+
+
 def slave_alone(stack):
     stack.node('slave_controller', {'require_safety': False})
 
@@ -155,6 +177,7 @@ def run(ctx):
         'columns': ['process', 'slave alone', 'whole stack'],
         'rows': [[name, alone.cpu.get(name), full.cpu.get(name)] for name in
                  sorted(set(alone.cpu) | set(full.cpu))]})
+    result['tables'].append(thread_table(full.threads))
     result['tables'].append({
         'title': 'slave control loop (from its /diagnostics status)',
         'columns': ['run', 'reports', 'rate Hz', 'jitter p99 worst ms', 'jitter p99 mean ms',

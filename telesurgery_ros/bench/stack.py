@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from telesurgery_ros.bench.stats import cpu_seconds
+from telesurgery_ros.bench.stats import cpu_seconds, thread_cpu_seconds
 from telesurgery_ros.procman import describe_returncode, ManagedProcess, ros_args
 
 
@@ -156,6 +156,11 @@ class Stack:
     def cpu_snapshot(self, names=None):
         """CPU seconds used so far per process name."""
         return {p.name: cpu_seconds(p.pid) for p in self.procs
+                if names is None or p.name in names}
+
+    def thread_snapshot(self, names=None):
+        """CPU seconds used so far per process name and thread group."""
+        return {p.name: thread_cpu_seconds(p.pid) for p in self.procs
                 if names is None or p.name in names}
 
     def stop_all(self):

@@ -1,6 +1,7 @@
 """Pure statistics for the benchmarks (no rclpy): percentiles, periods, CPU, tracking error."""
 import math
 import os
+import re
 
 import numpy as np
 
@@ -94,6 +95,53 @@ def cpu_seconds(pid):
     fields = text[text.rindex(')') + 2:].split()
     ticks = parse_proc_stat(text) + int(fields[13]) + int(fields[14])
     return ticks / os.sysconf('SC_CLK_TCK')
+
+
+def thread_group(comm):
+    """
+    Return the group a thread is counted in: its OS name without a trailing number.
+
+    ``dds.udp.7412`` -> ``dds.udp`` (Fast DDS's receive threads), ``rx-1`` -> ``rx`` (Zenoh's
+    runtime). Python threads that set no OS name (the main thread: the executor) keep the
+    process's own name, ``python``.
+    """
+    return re.sub(r'[.\-_]?\d+$', '', comm) or comm
+
+
+def thread_cpu_seconds(pid):
+    """CPU seconds (user + system) used so far by the threads of ``pid``, per thread group."""
+    out = {}
+    try:
+        tids = os.listdir(f'/proc/{pid}/task')
+    except OSError:
+        return None
+    tick = os.sysconf('SC_CLK_TCK')
+    for tid in tids:
+        try:
+            with open(f'/proc/{pid}/task/{tid}/stat') as handle:
+                text = handle.read()
+        except OSError:
+            continue                       # the thread ended meanwhile
+        group = thread_group(text[text.index('(') + 1:text.rindex(')')])
+        out[group] = out.get(group, 0.0) + parse_proc_stat(text) / tick
+    return out
+
+
+def thread_cpu_percent(before, after, wall_s):
+    """
+    Per process and thread group, CPU in percent of one core between two snapshots.
+
+    ``before``/``after``: ``{process: {group: seconds}}``. A thread that ended in the window
+    takes its time with it (a group can only be under-counted, never over-counted).
+    """
+    out = {}
+    for name, start in before.items():
+        end = after.get(name)
+        if not start or not end or wall_s <= 0:
+            continue
+        out[name] = {group: 100.0 * max(0.0, end[group] - start.get(group, 0.0)) / wall_s
+                     for group in end}
+    return out
 
 
 def cpu_percent(before, after, wall_s):
