@@ -154,3 +154,24 @@ class ManagedProcess:
         if self._reader is not None:
             self._reader.join(timeout=2.0)
         return code
+
+
+def stop_together(procs, grace=5.0):
+    """
+    Stop ``procs`` as one group; return their exit codes, in order.
+
+    SIGINT goes to all of them at once, as ``ros2 launch`` does on Ctrl-C: stopped one by one,
+    a node that outlives its peers reacts to their loss (a watchdog would latch ESTOP for a
+    slave that was only shut down). Each then gets ``grace`` seconds to end before
+    :meth:`ManagedProcess.stop` escalates (a second SIGINT could cut short what a node writes
+    on its way out).
+    """
+    for proc in procs:
+        if proc.running():
+            proc.stop_signal = signal.SIGINT
+            proc.send(signal.SIGINT)
+    codes = []
+    for proc in procs:
+        proc.wait(grace)
+        codes.append(proc.stop())
+    return codes

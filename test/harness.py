@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 
-from telesurgery_ros.procman import describe_returncode, ManagedProcess, ros_args
+from telesurgery_ros.procman import (
+    describe_returncode, ManagedProcess, ros_args, stop_together)
 from telesurgery_ros.testing import alive, pids, Probe, wait_for
 
 __all__ = ['alive', 'kill', 'Launcher', 'pids', 'Probe', 'wait_for']
@@ -41,20 +42,8 @@ class Launcher:
         return proc
 
     def stop_all(self):
-        """
-        Stop every process; return the pids of any that survived (should be none).
-
-        SIGINT goes to all of them at once, as ``ros2 launch`` does on Ctrl-C: stopped one
-        by one, a watchdog outliving the slave would latch ESTOP for a slave that was only
-        shut down, and its log would say so.
-        """
-        for proc in self.procs:
-            if proc.running():
-                proc.stop_signal = signal.SIGINT
-                proc.send(signal.SIGINT)
-        for proc in self.procs:
-            proc.wait(5.0)
-            code = proc.stop()
+        """Stop every process together; return the pids of any that survived (none)."""
+        for proc, code in zip(self.procs, stop_together(self.procs)):
             print(f'[{proc.name}] stopped: {describe_returncode(code)}')
         return [p.pid for p in self.procs if _alive(p.pid)]
 

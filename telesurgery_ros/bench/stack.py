@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from telesurgery_ros.bench.stats import cpu_seconds, thread_cpu_seconds
-from telesurgery_ros.procman import describe_returncode, ManagedProcess, ros_args
+from telesurgery_ros.procman import (
+    describe_returncode, ManagedProcess, ros_args, stop_together)
 
 
 ESTOP_TEXT = '-> ESTOP'                # the watchdog's log line on a latched ESTOP
@@ -165,13 +166,9 @@ class Stack:
 
     def stop_all(self):
         """Stop every process (SIGINT first, so sinks write their files); return exit codes."""
-        codes = {}
-        for proc in reversed(self.procs):
-            if proc.running():
-                proc.send(2)                   # SIGINT to all at once: faster teardown
-        for proc in reversed(self.procs):
-            proc.wait(10.0)                    # a second SIGINT would cut a sink's writing
-            codes[proc.name] = proc.stop()
+        procs = list(reversed(self.procs))
+        # 10 s each to end on the first SIGINT: a second would cut a sink's writing.
+        codes = dict(zip((p.name for p in procs), stop_together(procs, grace=10.0)))
         self.procs = []
         self._log.flush()
         return codes
