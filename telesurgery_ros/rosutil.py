@@ -28,7 +28,7 @@ from rclpy.task import Future
 from telesurgery_ros import transport
 from telesurgery_ros.core.command_source import ACCEPT, CommandSource, node_name, UNKNOWN
 from telesurgery_ros.core.params import (
-    check_table, ConfigError, Param, to_namespace, validate_values)
+    check_table, ConfigError, Param, to_namespace, unknown_problems, validate_values)
 from telesurgery_ros.core.realtime import make_receive_realtime
 
 # Command and feedback streams: latest wins, no retransmission of stale samples.
@@ -69,11 +69,13 @@ def _descriptor(spec):
     return desc
 
 
-def declare_parameters(node, table, on_change=None, cross_check=None):
+def declare_parameters(node, table, on_change=None, cross_check=None, explain_unknown=None):
     """
     Declare every parameter of ``table`` on ``node``; return the validated config.
 
-    Start-up overrides that are out of range or of the wrong type raise :class:`ConfigError`
+    Start-up overrides that are out of range or of the wrong type, and overrides of a name the
+    node does not have (a typo; ``explain_unknown(name)`` may word the line, see
+    :func:`~telesurgery_ros.core.params.unknown_problems`), raise :class:`ConfigError`
     with one line per problem (``run_node`` prints it and exits with code 2). Later changes
     (``ros2 param set``) are validated by the same table and rejected with the same message,
     and the node keeps its previous settings. ``cross_check(config)`` returns a list of
@@ -82,8 +84,13 @@ def declare_parameters(node, table, on_change=None, cross_check=None):
     """
     check_table(table)
     by_name = {p.name: p for p in table}
-    problems = []
     overrides = getattr(node, '_parameter_overrides', {})
+    # rclpy's own (use_sim_time, start_type_description_service) and its QoS overrides
+    # (qos_overrides./topic...) are valid for every node.
+    known = set(by_name) | set(node._parameters)
+    problems = unknown_problems(
+        [n for n in overrides if not n.startswith('qos_overrides.')], known, node.get_name(),
+        explain_unknown)
     for spec in table:
         default = list(spec.default) if spec.type is list else spec.default
         given = overrides.get(spec.name)

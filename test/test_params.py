@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from telesurgery_ros.core.params import check_table, ConfigError, Param, to_namespace
+from telesurgery_ros.core.params import (
+    check_table, ConfigError, Param, to_namespace, unknown_problems)
 
 TABLE = (
     Param('rate', 500.0, 'command rate', unit='Hz', low=1.0, high=2000.0),
@@ -59,3 +60,20 @@ def test_inconsistent_tables_are_refused():
 
 def test_description_carries_unit_and_range():
     assert TABLE[0].full_description() == 'command rate [Hz]; allowed: 1.0 to 2000.0 Hz'
+
+
+def test_unknown_names_are_problems_with_the_closest_known_name():
+    known = {p.name for p in TABLE}
+    assert unknown_problems(['rate', 'gui'], known, 'node') == []
+    assert unknown_problems(['limits.max_sped', 'zzz', 'rate'], known, 'node') == [
+        "parameter 'limits.max_sped': not a parameter of node (did you mean "
+        "'limits.max_speed'?)",
+        "parameter 'zzz': not a parameter of node"]
+
+
+def test_an_unknown_name_can_be_explained_by_the_caller():
+    def explain(name):
+        return f"parameter '{name}': belongs to the other role" if name == 'delay' else None
+    assert unknown_problems(['delay', 'inptu'], {'input'}, 'node', explain) == [
+        "parameter 'delay': belongs to the other role",
+        "parameter 'inptu': not a parameter of node (did you mean 'input'?)"]

@@ -8,6 +8,7 @@ this module validates values and produces messages that name the parameter and t
 range, so a bad launch argument never ends in a traceback.
 """
 from dataclasses import dataclass, field
+import difflib
 import math
 from types import SimpleNamespace
 
@@ -129,6 +130,27 @@ def validate_values(table, values):
         problem = spec.validate(value)
         if problem:
             problems.append(problem)
+    return problems
+
+
+def unknown_problems(given, known, owner, explain=None):
+    """
+    Return one problem per name in ``given`` that is not in ``known``, sorted.
+
+    A misspelt parameter would otherwise be ignored without a word and the node would run
+    with the default (``-p profle:=satellite`` on the relay: no satellite). The line names the
+    node (``owner``) and the closest known name when there is one. ``explain(name)`` may
+    return a better line for a name (e.g. one that belongs to another role).
+    """
+    known = sorted(known)
+    problems = []
+    for name in sorted(set(given) - set(known)):
+        line = explain(name) if explain is not None else None
+        if line is None:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+            line = (f"parameter '{name}': not a parameter of {owner}"
+                    + (f" (did you mean '{close[0]}'?)" if close else ''))
+        problems.append(line)
     return problems
 
 

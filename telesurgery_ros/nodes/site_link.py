@@ -193,10 +193,10 @@ class SiteLink(Node):
         table = PATIENT_PARAMETERS if patient else SURGEON_PARAMETERS
         self.emulation = Emulation(self) if patient else None
         self.config = declare_parameters(self, table, on_change=self._on_change,
-                                         cross_check=self._cross_check)
+                                         cross_check=self._cross_check,
+                                         explain_unknown=self._explain_unknown)
         cfg = self.config
         self.role = cfg.role
-        self._check_undeclared(overrides, table)
         self.endpoint, problems = link_tls.check_endpoint(cfg.link_endpoint, cfg.insecure)
         if problems:
             raise ConfigError(problems)
@@ -290,18 +290,12 @@ class SiteLink(Node):
             self.destroy_timer(self._stats_timer)
             self._stats_timer = self.create_timer(1.0 / cfg.stats_rate, self._publish_stats)
 
-    def _check_undeclared(self, overrides, table):
-        names = {p.name for p in table}
-        emulation = {p.name for p in EMULATION}
-        problems = []
-        for name in sorted(set(overrides) - names - {'use_sim_time'}):
-            if name in emulation:
-                problems.append(f"parameter '{name}': only the patient link emulates the "
-                                'network (this link has role surgeon)')
-            else:
-                problems.append(f"parameter '{name}': not a parameter of site_link")
-        if problems:
-            raise ConfigError(problems)
+    @staticmethod
+    def _explain_unknown(name):
+        if name in {p.name for p in EMULATION}:
+            return (f"parameter '{name}': only the patient link emulates the network (this "
+                    'link has role surgeon)')
+        return None
 
     def _credentials(self, cfg):
         if cfg.insecure:
