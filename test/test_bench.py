@@ -143,6 +143,45 @@ def test_latency_quick_run_writes_results_and_report(launcher, tmp_path):
     assert machine['cpu_model'] in text
 
 
+def test_the_sink_keeps_every_sample_of_a_burst(ros_context, launcher, tmp_path):
+    """
+    The bench's sink queues a burst it cannot take as fast as it comes.
+
+    It is an instrument: with the stack's history depth of 10 it overwrote samples whenever
+    its executor waited for a core, and the link soak counted them as lost end to end.
+    """
+    import rclpy
+    from rclpy.serialization import serialize_message
+    from geometry_msgs.msg import PoseStamped
+    from harness import wait_for
+    from telesurgery_ros.rosutil import STREAM_QOS
+    topic, burst = 'bench_burst_test', 400
+    output = tmp_path / 'sink'
+    sink = launcher.start_argv('sink', [
+        sys.executable, '-m', 'telesurgery_ros.bench.echo', 'sink', '--ros-args',
+        '-p', f'topics:=[{topic}]', '-p', f'output:={output}'])
+    node = rclpy.create_node('burst_source')
+    try:
+        pub = node.create_publisher(PoseStamped, topic, STREAM_QOS)
+        wait_for(lambda: pub.get_subscription_count() > 0 and 'recording' in sink.output(),
+                 60, what='the sink to match the burst publisher')
+        time.sleep(0.5)        # the sink's side of the discovery completes too
+        started = time.perf_counter()
+        for i in range(burst):
+            msg = PoseStamped()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 1, i
+            pub.publish(serialize_message(msg))
+        took = time.perf_counter() - started
+        time.sleep(1.0)
+    finally:
+        node.destroy_node()
+    sink.stop()
+    with np.load(str(output) + '.npz') as data:
+        stamps = sorted(int(s) % 1_000_000_000 for s in data['stamp_ns0'])
+    print(f'{burst} samples published in {took * 1e3:.1f} ms; the sink kept {len(stamps)}')
+    assert stamps == list(range(burst))
+
+
 def test_callback_cost_refuses_bad_arguments_in_one_line_each(capsys):
     from telesurgery_ros.tools import callback_cost
     code = callback_cost.main(['--seconds', '0', '--rate', '5', '--bursts', '1,x'])

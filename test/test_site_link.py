@@ -170,6 +170,42 @@ def test_insecure_mode_is_announced(launcher):
     assert '[WARN]' in proc.output().split('INSECURE')[0].rsplit('\n', 1)[-1]
 
 
+def test_the_dds_receive_threads_run_at_the_links_priority(launcher):
+    """
+    The Fast DDS threads of a link run at its real-time priority.
+
+    They take the local domain's samples off the socket and start with the participant, before
+    the node sets its priority: they must follow it, or under load every sample waits behind
+    all the real-time threads of the machine (doc/link.md).
+    Depends on SCHED_FIFO being granted (root or CAP_SYS_NICE); refused, the link runs with
+    normal scheduling and says so, and the test checks that instead.
+    """
+    port = free_port()
+    proc = launcher.start('site_link', {'role': 'patient', 'insecure': True, 'profile': 'none',
+                                        'link_endpoint': f'tcp/127.0.0.1:{port}'})
+    wait_for(lambda: 'listening on' in proc.output() or not proc.running(), 60,
+             what='the link to start')
+    # The executor (main) thread's policy says whether the system granted SCHED_FIFO.
+    granted = os.sched_getscheduler(proc.pid) == os.SCHED_FIFO
+    if granted:
+        assert 'executor, DDS receive and Zenoh threads: SCHED_FIFO 45' in proc.output()
+    threads = {}
+    for tid in os.listdir(f'/proc/{proc.pid}/task'):
+        try:
+            with open(f'/proc/{proc.pid}/task/{tid}/comm') as handle:
+                name = handle.read().strip()
+            if name.startswith('dds.'):
+                tid = int(tid)
+                threads[f'{name}/{tid}'] = (os.sched_getscheduler(tid) == os.SCHED_FIFO,
+                                            os.sched_getparam(tid).sched_priority)
+        except OSError:
+            continue                 # a thread that ended meanwhile
+    print(f'SCHED_FIFO granted: {granted}; DDS threads (FIFO, priority): {threads}')
+    assert any(name.startswith('dds.udp') for name in threads), threads
+    expected = (True, 45) if granted else (False, 0)
+    assert set(threads.values()) == {expected}
+
+
 CIRCLE_SPEED_BOUND = 0.05       # m/s: twice the surgeon circle's 25 mm/s
 
 

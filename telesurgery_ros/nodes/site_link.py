@@ -35,7 +35,7 @@ from std_srvs.srv import SetBool
 
 from telesurgery_ros.core import contract, link, link_tls
 from telesurgery_ros.core.params import ConfigError, Param
-from telesurgery_ros.core.realtime import make_realtime
+from telesurgery_ros.core.realtime import make_receive_realtime
 from telesurgery_ros.core.scheduler import ReleaseScheduler
 from telesurgery_ros.emulation import DIRECTIONS, Emulation, PARAMETERS as EMULATION
 from telesurgery_ros.rosutil import (
@@ -79,8 +79,9 @@ COMMON_PARAMETERS = (
     Param('qos.depth', 100, 'queue depth of the DDS subscriptions of the streams', 'messages',
           low=1, high=10000, read_only=True),
     Param('realtime_priority', 45,
-          'SCHED_FIFO priority of the executor thread, of the Zenoh threads it starts and of '
-          "the patient link's release thread, used where the system permits it (root or "
+          'SCHED_FIFO priority of the executor thread, of the DDS receive threads, of the '
+          "Zenoh threads it starts and of the patient link's release thread, used where the "
+          'system permits it (root or '
           'CAP_SYS_NICE; refused: one warning, normal scheduling); 0: normal scheduling; '
           "as network_relay's release thread, below the slave's control loop (50)",
           low=0, high=98, read_only=True),
@@ -227,12 +228,19 @@ class SiteLink(Node):
                 'encryption, no access control by identity; for tests on loopback only')
         # Real time first: the release thread and Zenoh's threads inherit nothing from a
         # thread still under normal scheduling, and a release thread below its own process's
-        # real-time threads would be starved by them (late, bunched commands).
-        self.schedule = make_realtime(cfg.realtime_priority)
+        # real-time threads would be starved by them (late, bunched commands). The DDS receive
+        # threads exist already (the participant started them): they are set here too, or
+        # every sample from the local domain would wait for a core behind all the real-time
+        # threads of the machine, this link's own included.
+        self.schedule, threads = make_receive_realtime(cfg.realtime_priority)
         if cfg.realtime_priority > 0 and not self.schedule.realtime:
             self.get_logger().warning(
                 f'realtime_priority {cfg.realtime_priority} refused ({self.schedule.refused}): '
                 'the link runs with normal scheduling')
+        elif self.schedule.realtime:
+            self.get_logger().info(f'executor, DDS receive and Zenoh threads: '
+                                   f'{self.schedule.describe()} ({threads} threads before '
+                                   'Zenoh started)')
         else:
             self.get_logger().info(f'executor and Zenoh threads: {self.schedule.describe()}')
         if patient:
