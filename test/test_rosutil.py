@@ -1,4 +1,7 @@
 """The rclpy side of parameter tables: descriptors, start-up errors, run-time changes."""
+import subprocess
+import sys
+
 import pytest
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -97,3 +100,24 @@ def test_empty_list_parameters_take_overrides_and_default_to_empty(ros_context):
         assert node.config.pairs == ['x>y', 'z>w']
     finally:
         node.destroy_node()
+
+
+@pytest.mark.parametrize('node, given, expected', [
+    ('network_relay', ['profle:=satellite', 'seed:=3'],
+     ["[NetworkRelay] configuration error: parameter 'profle': not a parameter of "
+      "network_relay (did you mean 'profile'?)"]),
+    ('safety_watchdog', ['commands.timeot:=0.2', 'use_sim_time:=false',
+                         'qos_overrides./safety/state.publisher.depth:=1'],
+     ["[SafetyWatchdog] configuration error: parameter 'commands.timeot': not a parameter of "
+      "safety_watchdog (did you mean 'commands.timeout'?)"]),
+])
+def test_a_misspelt_parameter_stops_the_node_with_one_line(node, given, expected):
+    """A typo would otherwise leave the default in force without a word (no satellite)."""
+    args = [a for item in given for a in ('-p', item)]
+    proc = subprocess.run([sys.executable, '-m', f'telesurgery_ros.nodes.{node}', '--ros-args',
+                           *args], capture_output=True, text=True, timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if 'configuration error' in line]
+    print(node, proc.returncode, lines)
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr
+    assert lines == expected

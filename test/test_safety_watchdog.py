@@ -263,27 +263,6 @@ def test_bad_parameter_is_one_line_and_exit_code_2():
                      'must be 0.005 to 5.0 s, got -1.0']
 
 
-@pytest.mark.parametrize('node, given, expected', [
-    ('network_relay', ['profle:=satellite', 'seed:=3'],
-     ["[NetworkRelay] configuration error: parameter 'profle': not a parameter of "
-      "network_relay (did you mean 'profile'?)"]),
-    ('safety_watchdog', ['commands.timeot:=0.2', 'use_sim_time:=false',
-                         'qos_overrides./safety/state.publisher.depth:=1'],
-     ["[SafetyWatchdog] configuration error: parameter 'commands.timeot': not a parameter of "
-      "safety_watchdog (did you mean 'commands.timeout'?)"]),
-])
-def test_a_misspelt_parameter_stops_the_node_with_one_line(node, given, expected):
-    """A typo would otherwise leave the default in force without a word (no satellite)."""
-    args = [a for item in given for a in ('-p', item)]
-    proc = subprocess.run([sys.executable, '-m', f'telesurgery_ros.nodes.{node}', '--ros-args',
-                           *args], capture_output=True, text=True, timeout=60)
-    lines = [line for line in proc.stderr.splitlines() if 'configuration error' in line]
-    print(node, proc.returncode, lines)
-    assert proc.returncode == 2
-    assert 'Traceback' not in proc.stderr
-    assert lines == expected
-
-
 def test_hold_follows_the_last_command_by_the_timeout_over_20_trials(watchdog, probe):
     """
     No polling: the HOLD comes from a deadline at the last command's arrival + the timeout.
