@@ -151,10 +151,7 @@ def test_the_sink_keeps_every_sample_of_a_burst(ros_context, launcher, tmp_path)
     its executor waited for a core, and the link soak counted them as lost end to end.
     """
     import rclpy
-    from rclpy.serialization import serialize_message
-    from geometry_msgs.msg import PoseStamped
-    from harness import wait_for
-    from telesurgery_ros.rosutil import STREAM_QOS
+    from harness import publish_burst
     topic, burst = 'bench_burst_test', 400
     output = tmp_path / 'sink'
     sink = launcher.start_argv('sink', [
@@ -162,16 +159,8 @@ def test_the_sink_keeps_every_sample_of_a_burst(ros_context, launcher, tmp_path)
         '-p', f'topics:=[{topic}]', '-p', f'output:={output}'])
     node = rclpy.create_node('burst_source')
     try:
-        pub = node.create_publisher(PoseStamped, topic, STREAM_QOS)
-        wait_for(lambda: pub.get_subscription_count() > 0 and 'recording' in sink.output(),
-                 60, what='the sink to match the burst publisher')
-        time.sleep(0.5)        # the sink's side of the discovery completes too
-        started = time.perf_counter()
-        for i in range(burst):
-            msg = PoseStamped()
-            msg.header.stamp.sec, msg.header.stamp.nanosec = 1, i
-            pub.publish(serialize_message(msg))
-        took = time.perf_counter() - started
+        took = publish_burst(node, topic, burst, ready=lambda: 'recording' in sink.output(),
+                             what='the sink to match the burst publisher')
         time.sleep(1.0)
     finally:
         node.destroy_node()

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from telesurgery_ros import domain
-from telesurgery_ros.testing import exits, NODES, pids, SafetyState, StackError
+from telesurgery_ros.testing import exits, NODES, pids, SafetyState, StackError, wait_for
 
 # Output of the embedded runner, as test_end_to_end.py sees it (its exact lines).
 EMBEDDED = """\
@@ -54,6 +54,33 @@ def test_node_processes_are_read_from_either_launchers_output():
     assert pids(_Output(ROS_LAUNCH)) == {'master_console': 31538, 'safety_watchdog': 31549}
     assert exits(ROS_LAUNCH) == {'master_console': 'exit code 0',
                                  'safety_watchdog': 'exit code -9'}
+
+
+def test_a_probe_keeps_every_sample_of_a_burst(probe):
+    """
+    A probe records a stream deep enough to keep a burst its executor cannot take at once.
+
+    With the stream QoS's history of 10 it overwrote samples whenever its thread waited for a
+    core, and a test that counts what arrived saw losses that the stack never had.
+    """
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from harness import publish_burst
+    topic, burst = 'probe_burst_test', 400
+    probe.record(PoseStamped, topic)
+    node = rclpy.create_node('probe_burst_source')
+    took = float('nan')
+    try:
+        took = publish_burst(node, topic, burst, what='the probe to match')
+        wait_for(lambda: probe.count(topic) >= burst, 10, interval=0.05,
+                 what=f'{burst} samples at the probe')
+    except AssertionError:
+        pass                   # the count below says how many arrived
+    finally:
+        node.destroy_node()
+    stamps = [m.header.stamp.nanosec for m in probe.messages(topic)]
+    print(f'{burst} samples published in {took * 1e3:.1f} ms; the probe kept {len(stamps)}')
+    assert stamps == list(range(burst))
 
 
 def test_a_released_domain_can_be_claimed_again(tmp_path):
