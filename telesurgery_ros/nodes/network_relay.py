@@ -30,6 +30,7 @@ from telesurgery_ros.core.contract import (
     arm_topics, BACKWARD_ROLES, BLACKOUT_SERVICE, console_topic, DEFAULT_ARM,
     DIAGNOSTICS_TOPIC, FORWARD_ROLES, NETWORK_STATS_TOPIC)
 from telesurgery_ros.core.params import ConfigError, Param
+from telesurgery_ros.core.realtime import shorten_gil_switch
 from telesurgery_ros.core.scheduler import ReleaseScheduler
 from telesurgery_ros.emulation import DIRECTIONS, Emulation, PARAMETERS as EMULATION
 from telesurgery_ros.rosutil import (
@@ -137,9 +138,9 @@ class NetworkRelay(Node):
 
     def __init__(self):
         super().__init__('network_relay')
-        # The release thread must get the GIL soon after its wake-up time: a 0.5 ms switch
-        # interval (Python's default is 5 ms) bounds how long the executor thread can hold it.
-        sys.setswitchinterval(0.0005)
+        # The release thread must get the GIL soon after its wake-up time: a short switch
+        # interval bounds how long the executor thread can hold it.
+        shorten_gil_switch()
         self.emulation = Emulation(self)
         self.config = declare_parameters(self, PARAMETERS, on_change=self._on_change,
                                          cross_check=self._cross_check)

@@ -31,7 +31,7 @@ from telesurgery_ros.core import cdr, contract
 from telesurgery_ros.core.command_check import CommandLimits
 from telesurgery_ros.core.command_source import ACCEPT
 from telesurgery_ros.core.params import Param
-from telesurgery_ros.core.realtime import make_realtime, name_thread
+from telesurgery_ros.core.realtime import make_realtime, name_thread, shorten_gil_switch
 from telesurgery_ros.core.safety import SafetyConfig, SafetySupervisor
 from telesurgery_ros.rosutil import (
     declare_parameters, diagnostic_array, diagnostic_status, DIAGNOSTICS_QOS,
@@ -212,7 +212,7 @@ class SafetyWatchdog(Node):
     def __init__(self):
         super().__init__('safety_watchdog')
         # The supervision thread must get the GIL soon after its deadline (see the slave).
-        sys.setswitchinterval(0.0005)
+        shorten_gil_switch()
         declare_parameters(self, PARAMETERS, on_change=self._on_change,
                            cross_check=cross_check)
         cfg = self.config

@@ -35,7 +35,7 @@ from std_srvs.srv import SetBool
 
 from telesurgery_ros.core import contract, link, link_tls
 from telesurgery_ros.core.params import ConfigError, Param
-from telesurgery_ros.core.realtime import make_receive_realtime
+from telesurgery_ros.core.realtime import make_receive_realtime, shorten_gil_switch
 from telesurgery_ros.core.scheduler import ReleaseScheduler
 from telesurgery_ros.emulation import DIRECTIONS, Emulation, PARAMETERS as EMULATION
 from telesurgery_ros.rosutil import (
@@ -183,10 +183,10 @@ class SiteLink(Node):
 
     def __init__(self):
         super().__init__('site_link')
-        # Zenoh's threads, the executor and the release thread share the GIL: a 0.5 ms switch
-        # interval (Python's default is 5 ms) bounds how long one holds it while another waits
-        # with a message (as network_relay does).
-        sys.setswitchinterval(0.0005)
+        # Zenoh's threads, the executor and the release thread share the GIL: a short switch
+        # interval bounds how long one holds it while another waits with a message (as
+        # network_relay does).
+        shorten_gil_switch()
         overrides = getattr(self, '_parameter_overrides', {})
         given_role = overrides.get('role')
         role = given_role.value if given_role is not None else 'patient'

@@ -37,7 +37,7 @@ from telesurgery_ros.core.arm_control import ArmController, ControlConfig, Motio
 from telesurgery_ros.core.command_check import CommandChecker, CommandLimits, REASONS
 from telesurgery_ros.core.command_source import ACCEPT
 from telesurgery_ros.core.params import Param
-from telesurgery_ros.core.realtime import PeriodicThread
+from telesurgery_ros.core.realtime import PeriodicThread, shorten_gil_switch
 from telesurgery_ros.core.sim import Sim
 from telesurgery_ros.rosutil import run_node
 
@@ -102,9 +102,9 @@ class SlaveController(Node):
 
     def __init__(self):
         super().__init__('slave_controller')
-        # The control thread must get the GIL soon after it wakes: 0.5 ms switch interval
-        # (Python's default is 5 ms) bounds how long the executor thread keeps it.
-        sys.setswitchinterval(0.0005)
+        # The control thread must get the GIL soon after it wakes: a short switch interval
+        # bounds how long the executor thread keeps it.
+        shorten_gil_switch()
         cfg = rosutil.declare_parameters(self, PARAMETERS, on_change=self._on_change)
         self.frames = contract.frames(cfg.arm)
         topics = contract.arm_topics(cfg.arm)
