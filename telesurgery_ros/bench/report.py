@@ -183,11 +183,12 @@ def markdown_report(results_dir, plots_prefix='bench'):
              if r['machine'].get('load_average')]
     cores = first['machine'].get('cores') or 1
     if loads and max(loads) > cores:
-        lines += [f'**The machine was busy during this run** (load average {min(loads):.1f} '
-                  f'to {max(loads):.1f} at the start of the suites, on {cores} cores, from '
-                  'other work): the figures are what the stack does under CPU contention, '
-                  'not on a quiet machine. The ratios to the same-run baselines are the '
-                  'part to compare across machines.', '']
+        lines += [f'**The load average reached {max(loads):.1f} at the start of a suite** '
+                  f'({min(loads):.1f} to {max(loads):.1f}, on {cores} cores; the 1-minute '
+                  "average also counts the bench's own previous suite): a suite that started "
+                  'above the core count may have measured CPU contention as well as the '
+                  'stack (the load column below). The ratios to the same-run baselines are '
+                  'the part to compare across machines.', '']
     lines += targets_section(results)
     for result in results:
         load = result['machine'].get('load_average')
