@@ -44,6 +44,14 @@ LATEST_QOS = QoSProfile(
 SAFETY_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1,
     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# What an instrument records a stream with (the test probe, the bench's sink): best effort
+# like the writers, so it matches them all, but with a history of 1000 instead of 10. An
+# instrument keeps every sample that reached it: with the streams' depth, one whose executor
+# waited for a core overwrote samples in its own history and counted them as lost
+# (doc/testing.md, doc/link.md). The stack's own readers keep STREAM_QOS: latest wins.
+RECORD_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1000,
+    reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 # Diagnostics and statistics: reliable, low rate.
 DIAGNOSTICS_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10,

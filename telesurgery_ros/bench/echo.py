@@ -23,7 +23,6 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from telesurgery_ros.core.contract import (
@@ -31,16 +30,8 @@ from telesurgery_ros.core.contract import (
     SAFETY_STATE_TOPIC)
 from telesurgery_ros.core.params import Param
 from telesurgery_ros.rosutil import (
-    declare_parameters, DIAGNOSTICS_QOS, make_pose_stamped, run_node, SAFETY_QOS, STREAM_QOS)
-
-# The sink is an instrument: it keeps every sample that reached it. The stack's readers keep
-# the newest few (STREAM_QOS, depth 10: latest wins, by design); with that depth a sink whose
-# executor waited 20 ms for a core (normal scheduling next to real-time links) overwrote
-# samples in its own history and counted them lost (doc/link.md). Best effort like the
-# writers, so it matches them all; only the reader's history is deeper.
-SINK_QOS = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST,
-                      reliability=ReliabilityPolicy.BEST_EFFORT,
-                      durability=DurabilityPolicy.VOLATILE)
+    declare_parameters, DIAGNOSTICS_QOS, make_pose_stamped, RECORD_QOS, run_node, SAFETY_QOS,
+    STREAM_QOS)
 
 SOURCE_PARAMS = (
     Param('topic', arm_topics()['servo_cp'], 'topic to publish PoseStamped on'),
@@ -115,7 +106,7 @@ class Sink(Node):
         self.safety = []
         for topic in self.cfg.topics:
             self.create_subscription(PoseStamped, topic, self._pose_callback(topic),
-                                     SINK_QOS)
+                                     RECORD_QOS)
         status_topics = list(self.cfg.status_topics)
         if self.cfg.diagnostics:
             status_topics += [DIAGNOSTICS_TOPIC, NETWORK_STATS_TOPIC]

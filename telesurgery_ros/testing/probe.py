@@ -14,15 +14,8 @@ import time
 
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-# What a probe records the streams with: best effort like the stack's stream QoS, but with a
-# history of 1000 samples instead of 10. A probe is an instrument. Its executor runs in the
-# test process (a few hundred µs per message), and a test that counts what arrived must not
-# see samples the probe overwrote itself while its thread waited for a core.
-RECORD_QOS = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST,
-                        reliability=ReliabilityPolicy.BEST_EFFORT,
-                        durability=DurabilityPolicy.VOLATILE)
+from telesurgery_ros.rosutil import RECORD_QOS
 
 _STARTED = (
     re.compile(r'\[launch\] (\S+) started \(pid (\d+)\)'),
@@ -103,8 +96,11 @@ class Probe(Node):
         """
         Subscribe and keep ``(receive_time_monotonic, msg)`` pairs in ``received[topic]``.
 
-        ``qos`` defaults to :data:`RECORD_QOS` (best effort, 1000 samples deep); pass the
-        topic's own QoS where it is reliable or latched (``safety/state``).
+        ``qos`` defaults to :data:`~telesurgery_ros.rosutil.RECORD_QOS` (best effort, 1000
+        samples deep): a probe is an instrument, and its executor runs in the test process (a
+        few hundred µs per message), so a test that counts what arrived must not see samples
+        the probe overwrote itself while its thread waited for a core. Pass the topic's own
+        QoS where it is reliable or latched (``safety/state``).
         """
         self.received.setdefault(topic, [])
 
