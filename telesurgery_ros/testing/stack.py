@@ -32,7 +32,7 @@ from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
 from telesurgery_ros.domain import claim_domain, isolated_environment, release_domain
 from telesurgery_ros.procman import describe_returncode, ManagedProcess
-from telesurgery_ros.testing.probe import alive, exits, pids, Probe, RECORD_QOS, wait_for
+from telesurgery_ros.testing.probe import alive, exits, pids, Probe, wait_for
 
 NODES = ('master_console', 'network_relay', 'slave_controller', 'safety_watchdog')
 CONSOLE_STATUS = 'master_console: teleop'      # the console's /diagnostics status name
@@ -108,7 +108,7 @@ class Stack:
         from geometry_msgs.msg import PoseStamped
         from std_msgs.msg import String
 
-        from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, SAFETY_QOS
+        from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, RECORD_QOS, SAFETY_QOS
         self.probe = Probe('telesurgery_test_probe', context=self.context)
         self.probe.record(String, self.topics['state'], SAFETY_QOS)
         self.probe.record(PoseStamped, self.topics['measured'], RECORD_QOS)
