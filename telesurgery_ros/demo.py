@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from telesurgery_ros import prediction_analysis, resources
+from telesurgery_ros import prediction_analysis, resources, stdout_guard
 from telesurgery_ros.core import contract
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
 from telesurgery_ros.core.params import Param
@@ -662,6 +662,7 @@ def link_text(link):
 
 def main(argv=None):
     options = build_parser().parse_args(argv)
+    stdout_guard.guard()
     problems = _check_options(options)
     if problems:
         for problem in problems:
@@ -821,6 +822,8 @@ def main(argv=None):
                         line = status_line(metrics, elapsed, options.duration)
                     print(('\r' + line + '  ') if tty else f'[demo] {line}', end='' if tty
                           else '\n', flush=True)
+            if stdout_guard.CLOSED.is_set():
+                break
             stop.wait(0.1)
         with lock:
             metrics.mark_end()
@@ -881,6 +884,10 @@ def main(argv=None):
     print(summary_text(summary, reasons, out_dir, gui=options.gui), flush=True)
     if sites is not None:
         print(link_text(report['link']), flush=True)
+    if stdout_guard.CLOSED.is_set():
+        stdout_guard.say_closed('telesurgery-demo', f'stopped the stack; the run, its summary '
+                                f'included, is in {out_dir}/ (report.json)')
+        return stdout_guard.EXIT_CODE
     return 0 if not reasons else 1
 
 

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 
-from telesurgery_ros import resources
+from telesurgery_ros import resources, stdout_guard
 from telesurgery_ros.procman import describe_returncode, ManagedProcess
 import yaml  # after telesurgery_ros: flake8-import-order sorts one third-party group here
 
@@ -678,6 +678,8 @@ def run_embedded(path, arguments, exit_on_node_exit=False, sigint_timeout=5.0,
             if deadline is not None and time.monotonic() >= deadline:
                 _log(f'duration of {duration} s reached')
                 break
+            if stdout_guard.CLOSED.is_set():
+                break
             stop.wait(0.1)
         if received:
             _log(f'{received[0]} received: stopping {len(run.running())} node(s)')
@@ -688,6 +690,12 @@ def run_embedded(path, arguments, exit_on_node_exit=False, sigint_timeout=5.0,
     failures = run.failures()
     if failures:
         _log(f'not clean: {", ".join(failures)}')
+    if stdout_guard.CLOSED.is_set():
+        stopped = len(run.procs)
+        stdout_guard.say_closed('telesurgery-launch', f'stopped the launch ({stopped} node(s)'
+                                + (f'; not clean: {", ".join(failures)}' if failures else '')
+                                + ')')
+        return stdout_guard.EXIT_CODE
     return 1 if failures else 0
 
 
@@ -768,6 +776,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     options = parser.parse_args(argv)
+    stdout_guard.guard()
     words = [w for w in options.launch if ':=' not in w]
     if len(words) not in (1, 2) or options.launch[:len(words)] != words:
         parser.error('expected FILE or PKG FILE, then name:=value arguments')

@@ -407,13 +407,17 @@ def run_node(node_class, args=None, executor='events'):
     # rclpy's own SIGINT/SIGTERM handler shuts the context down at once, so on_shutdown()
     # could publish nothing (no final hold). Our handler only asks the spin loop to stop.
     # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    # Installed before rclpy.init(): a Ctrl-C while the node starts (a launch stopped at
+    # once) ends it quietly below, instead of a KeyboardInterrupt traceback from inside init.
     del _stop_requested[:]
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
     try:
+        if _stop_requested:
+            raise KeyboardInterrupt
         node = node_class()
         node.get_logger().info(transport_text)
         if transport_warning:

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 
+from telesurgery_ros import stdout_guard
 from telesurgery_ros.bench.machine import machine_info
 from telesurgery_ros.bench.report import (
     copy_plots, markdown_report, print_result, TARGET_COLUMNS, target_rows, text_table,
@@ -39,6 +40,15 @@ SUITES = {
 ALL = ('latency', 'relay-accuracy', 'control-loop', 'hold-reaction', 'tracking', 'scale')
 
 
+class OutputClosed(BaseException):
+    """
+    Standard output's reader went away (``telesurgery-bench all | head``): stop the run.
+
+    A BaseException, like KeyboardInterrupt, so that no suite's ``except Exception`` takes it
+    for a failed measurement and carries on.
+    """
+
+
 class Context:
     """What a suite needs: where to write, how long to measure, how to report progress."""
 
@@ -56,7 +66,10 @@ class Context:
         return quick if self.quick else full * self.scale
 
     def progress(self, message):
+        """Print a progress line; raise :class:`OutputClosed` once no one reads them."""
         print(f'[{time.monotonic() - self._t0:6.1f} s] {message}', flush=True)
+        if stdout_guard.CLOSED.is_set():
+            raise OutputClosed()
 
     def stack(self, label):
         return Stack(self.workdir, label, echo=self.echo)
@@ -107,6 +120,7 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    stdout_guard.guard()
     if args.suite == 'report':
         return sys.exit(_report(args))
     if args.results_dir:
@@ -124,9 +138,20 @@ def main(argv=None):
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     ctx = Context(outdir, quick=args.quick, echo=args.echo, scale=args.scale, command=command)
     names = ALL if args.suite == 'all' else (args.suite,)
+    done = []
+    try:
+        sys.exit(_run(ctx, names, outdir, domain, done))
+    except OutputClosed:
+        finished = ', '.join(r['suite'] for r in done) or 'none'
+        stdout_guard.say_closed('telesurgery-bench', f'stopped, every node it started is '
+                                f'stopped; suites finished: {finished} (results in {outdir})')
+        sys.exit(stdout_guard.EXIT_CODE)
+
+
+def _run(ctx, names, outdir, domain, done):
+    """Run the suites ``names`` in turn; return the exit code (1 if one failed)."""
     ctx.progress(f'{", ".join(names)} -> {outdir} (ROS_DOMAIN_ID={domain})')
     failed = []
-    done = []
     for name in names:
         try:
             result = run_suite(name, ctx)
@@ -136,7 +161,7 @@ def main(argv=None):
                 done.append(result)
         except KeyboardInterrupt:
             ctx.progress('interrupted')
-            sys.exit(130)
+            return 130
         except Exception:                      # one broken suite must not lose the others
             traceback.print_exc()
             failed.append(name)
@@ -144,7 +169,7 @@ def main(argv=None):
         print('\n== targets of this run\n' + text_table(TARGET_COLUMNS, target_rows(done)))
     ctx.progress(f'finished; results in {outdir}'
                  + (f'; FAILED: {", ".join(failed)}' if failed else ''))
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 def _report(args):

@@ -3,7 +3,8 @@
 A stand-in node for the launch runner's tests: prints its argv, then waits for a signal.
 
 The first argument picks a behaviour: ``normal`` (exit 0 on SIGINT), ``stubborn`` (ignores
-SIGINT, so only SIGTERM/SIGKILL stop it) or ``crash`` (exits with code 3 after 0.3 s).
+SIGINT, so only SIGTERM/SIGKILL stop it), ``crash`` (exits with code 3 after 0.3 s) or
+``chatty`` (as normal, and prints a line every 0.05 s).
 """
 import json
 import signal
@@ -23,6 +24,8 @@ def main():
             return 3
         while True:
             time.sleep(0.05)
+            if mode == 'chatty':
+                print('still here', flush=True)
     except KeyboardInterrupt:
         print('stopping on SIGINT', flush=True)
     return 0
