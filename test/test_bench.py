@@ -171,6 +171,35 @@ def test_the_sink_keeps_every_sample_of_a_burst(ros_context, launcher, tmp_path)
     assert stamps == list(range(burst))
 
 
+def test_the_bare_zenoh_hop_delivers_stamped_samples_over_the_links_tls(launcher, tmp_path):
+    """The link suite's second baseline: two processes, the links' TLS session, no DDS."""
+    import socket
+    from harness import wait_for
+    from telesurgery_ros.bench.stack import Recording
+    from telesurgery_ros.bench.zenoh_hop import KEY
+    from telesurgery_ros.tools import certs
+    folder = str(tmp_path / 'certs')
+    certs.create(folder, days=1)
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        endpoint = f'tls/127.0.0.1:{sock.getsockname()[1]}'
+    module = [sys.executable, '-m', 'telesurgery_ros.bench.zenoh_hop']
+    output = str(tmp_path / 'hop')
+    sink = launcher.start_argv('zenoh_sink', [*module, 'sink', endpoint, folder,
+                                              '--output', output])
+    wait_for(lambda: 'listening on' in sink.output(), 30, what='the sink to listen')
+    source = launcher.start_argv('zenoh_source', [*module, 'source', endpoint, folder,
+                                                  '--rate', '500'])
+    wait_for(lambda: f'first message on {KEY}' in sink.output(), 30, what='a first sample')
+    time.sleep(1.0)
+    source.stop()
+    sink.stop()
+    latency = Recording(output).latency(KEY)
+    print(f'{len(latency)} samples, p50 {np.median(latency) * 1e3:.3f} ms')
+    assert len(latency) > 250                      # ~1 s at 500 Hz, and then some
+    assert 0.0 < np.median(latency) < 0.5          # stamped when put, on the shared clock
+
+
 def test_callback_cost_refuses_bad_arguments_in_one_line_each(capsys):
     from telesurgery_ros.tools import callback_cost
     code = callback_cost.main(['--seconds', '0', '--rate', '5', '--bursts', '1,x'])

@@ -149,18 +149,27 @@ class Sink(Node):
         signal.signal(signal.SIGINT, signal.SIG_IGN)     # let nothing cut the writing short
         counts = {topic: len(v) for topic, v in self.samples.items()}
         self.get_logger().info(f'received {counts}')
-        if not self.cfg.output:
-            return
-        arrays = {}
-        for i, topic in enumerate(self.cfg.topics):
-            rows = self.samples[topic]
-            arrays[f'recv_ns{i}'] = np.array([r[0] for r in rows], dtype=np.int64)
-            arrays[f'stamp_ns{i}'] = np.array([r[1] for r in rows], dtype=np.int64)
-            arrays[f'pos{i}'] = np.array([r[2:] for r in rows], dtype=np.float64).reshape(-1, 3)
-        np.savez(self.cfg.output + '.npz', **arrays)
-        meta = {'topics': list(self.cfg.topics), 'statuses': self.statuses, 'safety': self.safety}
-        with open(self.cfg.output + '.json', 'w') as handle:
-            json.dump(meta, handle)
+        if self.cfg.output:
+            write_samples(self.cfg.output, self.cfg.topics, self.samples, self.statuses,
+                          self.safety)
+
+
+def write_samples(output, topics, samples, statuses=(), safety=()):
+    """
+    Write what a sink recorded as ``output.npz`` and ``output.json`` (read by bench Recording).
+
+    ``samples``: per topic, rows of (receive ns, stamp ns, x, y, z).
+    """
+    arrays = {}
+    for i, topic in enumerate(topics):
+        rows = samples[topic]
+        arrays[f'recv_ns{i}'] = np.array([r[0] for r in rows], dtype=np.int64)
+        arrays[f'stamp_ns{i}'] = np.array([r[1] for r in rows], dtype=np.int64)
+        arrays[f'pos{i}'] = np.array([r[2:] for r in rows], dtype=np.float64).reshape(-1, 3)
+    np.savez(output + '.npz', **arrays)
+    meta = {'topics': list(topics), 'statuses': list(statuses), 'safety': list(safety)}
+    with open(output + '.json', 'w') as handle:
+        json.dump(meta, handle)
 
 
 class Recorder(Node):

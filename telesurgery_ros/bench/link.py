@@ -5,7 +5,10 @@ Two ROS domains on this machine: the bench's own (the patient site, B) and a sec
 (the surgeon site, A). Stamps are the shared system clock, so ``receive - stamp`` is the
 one-way latency with no clock sync.
 
-1. bare DDS hop (the baseline, same run): a source and a sink in domain B, 500 Hz;
+1. bare DDS hop (the baseline, same run): a source and a sink in domain B, 500 Hz; and a bare
+   Zenoh hop (:mod:`telesurgery_ros.bench.zenoh_hop`: two bench processes with the links' TLS
+   session and command QoS, no DDS). Two bare DDS hops plus the bare Zenoh hop are the floor
+   of the path below: the least it can take before the links do any work;
 2. through both links, ``profile: none``: a 500 Hz source on ``console/psm1/servo_cp`` in A
    -> surgeon link -> Zenoh/TLS -> patient link -> ``psm1/servo_cp`` -> sink in B; and back, a
    200 Hz source on ``psm1/measured_cp`` in B -> ``console/psm1/measured_cp`` -> sink in A.
@@ -21,6 +24,7 @@ one-way latency with no clock sync.
 ``realtime_priority: 20`` (SCHED_FIFO), and with site_link's default, 45.
 """
 import os
+import sys
 
 import numpy as np
 
@@ -166,6 +170,7 @@ def run(ctx):
                               [('sink_b', 'b', [SERVO])], seconds)
     base = add('bare DDS hop (baseline)', recs['sink_b'].latency(SERVO, window.span))
     result['figures'].append(figure('bare DDS hop p50', base['p50'], 'ms'))
+    floor = _zenoh_floor(ctx, result, add, base, folder, seconds)
     for priority in PRIORITIES:
         _latency(ctx, result, add, base, domain_a, folder, seconds, priority)
     for priority in PRIORITIES:
@@ -180,6 +185,13 @@ def run(ctx):
     result['notes'].append(
         f'load average at the start: {load:.1f} on {os.cpu_count()} cores; the links are '
         'Python processes, so their latency is mostly process wake-ups on a busy machine.')
+    if floor is not None and floor > TARGET_RATIO * base['p50']:
+        result['notes'].append(
+            f"the {TARGET_RATIO:g}x target is below this machine's floor: two bare DDS hops "
+            f'and a bare Zenoh hop take {floor:.3f} ms at p50 together, '
+            f'{floor / base["p50"]:.2f}x the bare DDS hop, before the links do any work. A '
+            'path through two site_link processes has those three hops, so no link of this '
+            'design meets the target here.')
     if any(f['met'] is False for f in result['figures']):
         result['notes'].append(
             'target missed: the path through both links is two DDS hops plus two Python '
@@ -198,6 +210,47 @@ def run(ctx):
                              'columns': ['links', 'stream', 'sent', 'lost', 'Hz'],
                              'rows': soak_rows})
     return result
+
+
+def _zenoh_floor(ctx, result, add, base, folder, seconds):
+    """
+    Measure a bare Zenoh hop (two bench processes, the links' TLS session and command QoS).
+
+    Adds its figures and returns the path's floor, two bare DDS hops plus this hop (ms at
+    p50), or None if it could not be measured.
+    """
+    ctx.progress(f"bare Zenoh hop at {RATE:g} Hz for {seconds:g} s (the links' TLS session, "
+                 'no DDS)')
+    from telesurgery_ros.bench import zenoh_hop
+    endpoint = f'tls/127.0.0.1:{_free_port()}'
+    module = [sys.executable, '-m', 'telesurgery_ros.bench.zenoh_hop']
+    window = Window()
+    try:
+        with Stack(ctx.workdir, 'link-zenoh-hop', echo=ctx.echo) as stack:
+            prefix = os.path.join(stack.workdir, 'link-zenoh-hop-sink')
+            sink = stack.start('zenoh_sink',
+                               [*module, 'sink', endpoint, folder, '--output', prefix])
+            stack.wait_output(sink, 'listening on', 30.0)
+            stack.start('zenoh_source', [*module, 'source', endpoint, folder,
+                                         '--rate', f'{RATE:g}'])
+            stack.wait_output(sink, f'first message on {zenoh_hop.KEY}', 30.0)
+            stack.hold(2.0)
+            window.begin()
+            stack.hold(seconds)
+            window.finish()
+            stack.stop_all()
+        hop = add('bare Zenoh hop (TLS, two processes, no DDS)',
+                  Recording(prefix).latency(zenoh_hop.KEY, window.span))
+    except BenchError as exc:
+        result['skipped'].append(f'bare Zenoh hop: {exc}')
+        return None
+    floor = 2 * base['p50'] + hop['p50']
+    result['figures'].append(figure('bare Zenoh hop p50', hop['p50'], 'ms', base['p50'],
+                                    'bare DDS hop p50'))
+    result['figures'].append(figure(
+        'floor of the path p50 (2 bare DDS hops + bare Zenoh hop)', floor, 'ms', base['p50'],
+        'bare DDS hop p50'))
+    return floor
 
 
 def _latency(ctx, result, add, base, domain_a, folder, seconds, priority):

@@ -29,7 +29,8 @@ import ipaddress
 import os
 import stat
 
-from telesurgery_ros.core.link import COMMAND, PEER_ROLE, streams, token_key
+from telesurgery_ros.core.link import (
+    COMMAND, FEEDBACK, PEER_ROLE, STATE, streams, token_key)
 
 ROLE_NAMES = {'surgeon': 'surgeon-console', 'patient': 'patient-site'}
 PROTOCOLS = ('tls', 'tcp')
@@ -294,6 +295,28 @@ def access_control(role, namespace, arm, peer_common_name):
 def command_keys(namespace, arm):
     """Return the keys of the command streams (what only the surgeon may put)."""
     return [s.key for s in streams(arm, namespace) if s.kind == COMMAND]
+
+
+def publisher_qos(zenoh, kind):
+    """
+    Return the Zenoh publisher options of a stream kind (see core.link.Stream).
+
+    ``zenoh`` is the imported module (this module does not import it).
+    """
+    if kind == COMMAND:
+        return {'congestion_control': zenoh.CongestionControl.DROP, 'express': True,
+                'priority': zenoh.Priority.REAL_TIME,
+                'reliability': zenoh.Reliability.BEST_EFFORT}
+    if kind == FEEDBACK:
+        return {'congestion_control': zenoh.CongestionControl.DROP, 'express': True,
+                'priority': zenoh.Priority.INTERACTIVE_HIGH,
+                'reliability': zenoh.Reliability.BEST_EFFORT}
+    if kind == STATE:
+        return {'congestion_control': zenoh.CongestionControl.BLOCK, 'express': True,
+                'priority': zenoh.Priority.REAL_TIME,
+                'reliability': zenoh.Reliability.RELIABLE}
+    return {'congestion_control': zenoh.CongestionControl.DROP,
+            'priority': zenoh.Priority.DATA, 'reliability': zenoh.Reliability.RELIABLE}
 
 
 def zenoh_config(role, endpoint, credentials, namespace, arm, lease, retry_max=1.0):

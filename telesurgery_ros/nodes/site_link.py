@@ -104,24 +104,6 @@ def _stream_qos(kind, depth):
                       durability=DurabilityPolicy.VOLATILE)
 
 
-def _zenoh_qos(zenoh, kind):
-    """Return the Zenoh publisher options of a stream kind (see core.link.Stream)."""
-    if kind == link.COMMAND:
-        return {'congestion_control': zenoh.CongestionControl.DROP, 'express': True,
-                'priority': zenoh.Priority.REAL_TIME,
-                'reliability': zenoh.Reliability.BEST_EFFORT}
-    if kind == link.FEEDBACK:
-        return {'congestion_control': zenoh.CongestionControl.DROP, 'express': True,
-                'priority': zenoh.Priority.INTERACTIVE_HIGH,
-                'reliability': zenoh.Reliability.BEST_EFFORT}
-    if kind == link.STATE:
-        return {'congestion_control': zenoh.CongestionControl.BLOCK, 'express': True,
-                'priority': zenoh.Priority.REAL_TIME,
-                'reliability': zenoh.Reliability.RELIABLE}
-    return {'congestion_control': zenoh.CongestionControl.DROP,
-            'priority': zenoh.Priority.DATA, 'reliability': zenoh.Reliability.RELIABLE}
-
-
 class ZenohLog:
     """
     Zenoh's own log (Rust, written to fd 1) relayed line by line into the node's logger.
@@ -336,7 +318,7 @@ class SiteLink(Node):
             raise ConfigError([f"parameter 'link_endpoint': {what} {self.endpoint}: "
                                f'{exc}']) from None
         self.zenoh_publishers = {
-            s.key: self.session.declare_publisher(s.key, **_zenoh_qos(zenoh, s.kind))
+            s.key: self.session.declare_publisher(s.key, **link_tls.publisher_qos(zenoh, s.kind))
             for s in self.outgoing}
         self.zenoh_subscribers = [
             self.session.declare_subscriber(s.key, self._on_zenoh,
