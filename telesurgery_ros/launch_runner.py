@@ -38,7 +38,7 @@ import threading
 import time
 
 from telesurgery_ros import resources, stdout_guard
-from telesurgery_ros.procman import describe_returncode, ManagedProcess
+from telesurgery_ros.procman import describe_returncode, ManagedProcess, stop_together
 import yaml  # after telesurgery_ros: flake8-import-order sorts one third-party group here
 
 OUTPUT_CHOICES = ('screen', 'log', 'both')
@@ -613,20 +613,9 @@ class LaunchRun:
     def stop(self):
         """Stop every node (in parallel); report and return {label: returncode}."""
         self.poll()
-        threads = []
-        codes = {}
-
-        def stop_one(label, proc):
-            codes[label] = proc.stop(self.sigint_timeout, self.sigterm_timeout)
-
-        for label, proc in self.procs.items():
-            if label in self._reported:
-                continue
-            thread = threading.Thread(target=stop_one, args=(label, proc))
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join()
+        labels = [label for label in self.procs if label not in self._reported]
+        codes = dict(zip(labels, stop_together([self.procs[label] for label in labels],
+                                               self.sigint_timeout, self.sigterm_timeout)))
         for label in sorted(codes):
             proc = self.procs[label]
             how = describe_returncode(codes[label])

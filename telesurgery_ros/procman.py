@@ -144,8 +144,9 @@ class ManagedProcess:
         for sig, timeout in ((signal.SIGINT, sigint_timeout), (signal.SIGTERM, sigterm_timeout)):
             if self.popen.poll() is not None:
                 break
-            self.stop_signal = sig
-            self.send(sig)
+            if self.stop_signal != sig:        # stop_together has sent SIGINT already
+                self.stop_signal = sig
+                self.send(sig)
             self.wait(timeout)
         if self.popen.poll() is None:
             self.stop_signal = signal.SIGKILL
@@ -156,22 +157,30 @@ class ManagedProcess:
         return code
 
 
-def stop_together(procs, grace=5.0):
+def stop_together(procs, sigint_timeout=5.0, sigterm_timeout=3.0):
     """
     Stop ``procs`` as one group; return their exit codes, in order.
 
     SIGINT goes to all of them at once, as ``ros2 launch`` does on Ctrl-C: stopped one by one,
     a node that outlives its peers reacts to their loss (a watchdog would latch ESTOP for a
-    slave that was only shut down). Each then gets ``grace`` seconds to end before
-    :meth:`ManagedProcess.stop` escalates (a second SIGINT could cut short what a node writes
-    on its way out).
+    slave that was only shut down). Then each, in a thread of its own, gets ``sigint_timeout``
+    seconds to end before :meth:`ManagedProcess.stop` escalates to SIGTERM and SIGKILL, so
+    a process that hangs delays no other's escalation. No process gets a second SIGINT, which
+    could cut short what it writes on its way out.
     """
     for proc in procs:
         if proc.running():
             proc.stop_signal = signal.SIGINT
             proc.send(signal.SIGINT)
-    codes = []
-    for proc in procs:
-        proc.wait(grace)
-        codes.append(proc.stop())
+    codes = [None] * len(procs)
+
+    def stop_one(index, proc):
+        codes[index] = proc.stop(sigint_timeout, sigterm_timeout)
+
+    threads = [threading.Thread(target=stop_one, args=item, name=f'stop-{item[1].name}')
+               for item in enumerate(procs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return codes

@@ -183,8 +183,9 @@ def run(ctx):
             result['skipped'].append(f'soak ({_scheduling(priority)}): {exc}')
     load = result['machine']['load_average'][0]
     result['notes'].append(
-        f'load average at the start: {load:.1f} on {os.cpu_count()} cores; the links are '
-        'Python processes, so their latency is mostly process wake-ups on a busy machine.')
+        f'load average at the start: {load:.1f} on {os.cpu_count()} cores (on a busy machine '
+        "each of the path's process wake-ups waits for a core, so the ratios depend on the "
+        'load).')
     if floor is not None and floor > TARGET_RATIO * base['p50']:
         result['notes'].append(
             f"the {TARGET_RATIO:g}x target is below this machine's floor: two bare DDS hops "

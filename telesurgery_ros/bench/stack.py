@@ -168,7 +168,7 @@ class Stack:
         """Stop every process (SIGINT first, so sinks write their files); return exit codes."""
         procs = list(reversed(self.procs))
         # 10 s each to end on the first SIGINT: a second would cut a sink's writing.
-        codes = dict(zip((p.name for p in procs), stop_together(procs, grace=10.0)))
+        codes = dict(zip((p.name for p in procs), stop_together(procs, sigint_timeout=10.0)))
         self.procs = []
         self._log.flush()
         return codes

@@ -137,10 +137,9 @@ def thread_cpu_percent(before, after, wall_s):
     out = {}
     for name, start in before.items():
         end = after.get(name)
-        if not start or not end or wall_s <= 0:
-            continue
-        out[name] = {group: 100.0 * max(0.0, end[group] - start.get(group, 0.0)) / wall_s
-                     for group in end}
+        if start and end and wall_s > 0:
+            groups = cpu_percent({group: start.get(group, 0.0) for group in end}, end, wall_s)
+            out[name] = {group: max(0.0, pct) for group, pct in groups.items()}
     return out
 
 
