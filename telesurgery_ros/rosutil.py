@@ -402,16 +402,16 @@ def run_node(node_class, args=None, executor='events'):
     # A crash in native code (PyBullet, OpenGL, DDS) prints the Python stack of every thread
     # on stderr before the process dies, so the log says where it happened.
     faulthandler.enable()
-    # UDP only, before the participant exists (telesurgery_ros/transport.py says why).
-    transport_text, transport_warning = transport.configure()
     # rclpy's own SIGINT/SIGTERM handler shuts the context down at once, so on_shutdown()
     # could publish nothing (no final hold). Our handler only asks the spin loop to stop.
     # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
-    # Installed before rclpy.init(): a Ctrl-C while the node starts (a launch stopped at
-    # once) ends it quietly below, instead of a KeyboardInterrupt traceback from inside init.
+    # Installed first: a Ctrl-C while the node starts (a launch stopped at once) ends it
+    # quietly below, not with a traceback from inside rclpy.init() or a half-written file.
     del _stop_requested[:]
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
+    # UDP only, before the participant exists (telesurgery_ros/transport.py says why).
+    transport_text, transport_warning = transport.configure()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
