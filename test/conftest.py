@@ -19,9 +19,16 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope='session')
 def ros_context():
-    """Initialise rclpy once for the test process (in the run's private domain)."""
+    """
+    Initialise rclpy once for the test process (in the run's private domain).
+
+    Without rclpy's signal handlers: with them, a SIGTERM (a CI timeout, ``kill``) only shut
+    the context down and the test run carried on. Now it ends the run, and the node processes
+    die with it (PR_SET_PDEATHSIG); Ctrl-C stays pytest's KeyboardInterrupt.
+    """
     import rclpy
-    rclpy.init()
+    from rclpy.signals import SignalHandlerOptions
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     yield
     rclpy.try_shutdown()
 

@@ -51,7 +51,9 @@ class Watch:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import String
         from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, SAFETY_QOS
-        rclpy.init(args=[])
+        from rclpy.signals import SignalHandlerOptions
+        # Without rclpy's handlers, which would swallow SIGTERM (the tool would carry on).
+        rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node('viewer_impact')
         self.lock = threading.Lock()
         self.phase = None
