@@ -594,9 +594,7 @@ class TwoSites:
     """
 
     def __init__(self, out_dir, environ):
-        import socket
-
-        from telesurgery_ros.domain import claim_domain
+        from telesurgery_ros.domain import claim_domain, free_port
         from telesurgery_ros.tools import certs
 
         self.certs = os.path.join(out_dir, 'certs')
@@ -605,9 +603,7 @@ class TwoSites:
         self.domain_a = claim_domain()
         while self.domain_a == self.domain_b:
             self.domain_a = claim_domain()
-        with socket.socket() as sock:
-            sock.bind(('127.0.0.1', 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.endpoint = f'tls/127.0.0.1:{self.port}'
         self.env_a = {**environ, 'ROS_DOMAIN_ID': str(self.domain_a),
                       'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}

@@ -1,6 +1,8 @@
 """
 A private ROS_DOMAIN_ID per run, so concurrent runs on one machine never meet.
 
+(And :func:`free_port`, a free loopback TCP port for a run's own Zenoh link.)
+
 A domain is claimed by an exclusive ``flock`` on ``/tmp/telesurgery_ros_domains/<id>.lock``;
 the lock lasts as long as the returned file stays open (normally the life of the process), and
 the kernel releases it when the process dies, however it dies. Tests and benchmarks both use it.
@@ -8,6 +10,7 @@ the kernel releases it when the process dies, however it dies. Tests and benchma
 import fcntl
 import os
 import random
+import socket
 
 LOCK_DIR = '/tmp/telesurgery_ros_domains'
 _held = []
@@ -64,3 +67,10 @@ def isolate(environ=os.environ):
     environ.update(settings)
     transport.configure(environ)
     return domain
+
+
+def free_port(host='127.0.0.1'):
+    """Return a TCP port on ``host`` that is free now (the kernel's pick for port 0)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -173,16 +173,14 @@ def test_the_sink_keeps_every_sample_of_a_burst(ros_context, launcher, tmp_path)
 
 def test_the_bare_zenoh_hop_delivers_stamped_samples_over_the_links_tls(launcher, tmp_path):
     """The link suite's second baseline: two processes, the links' TLS session, no DDS."""
-    import socket
     from harness import wait_for
     from telesurgery_ros.bench.stack import Recording
     from telesurgery_ros.bench.zenoh_hop import KEY
+    from telesurgery_ros.domain import free_port
     from telesurgery_ros.tools import certs
     folder = str(tmp_path / 'certs')
     certs.create(folder, days=1)
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        endpoint = f'tls/127.0.0.1:{sock.getsockname()[1]}'
+    endpoint = f'tls/127.0.0.1:{free_port()}'
     module = [sys.executable, '-m', 'telesurgery_ros.bench.zenoh_hop']
     output = str(tmp_path / 'hop')
     sink = launcher.start_argv('zenoh_sink', [*module, 'sink', endpoint, folder,

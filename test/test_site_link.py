@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 
@@ -26,7 +25,7 @@ from std_msgs.msg import String
 
 from telesurgery_ros.core import contract, link
 from telesurgery_ros.core.contract import SafetyState, SafetyStatus
-from telesurgery_ros.domain import claim_domain
+from telesurgery_ros.domain import claim_domain, free_port
 from telesurgery_ros.procman import ManagedProcess, ros_args
 from telesurgery_ros.rosutil import DIAGNOSTICS_QOS, SAFETY_QOS, stamp_to_sec, STREAM_QOS
 from telesurgery_ros.tools import certs
@@ -43,12 +42,6 @@ NAMESPACE = 'telesurgery'
 SERVO_KEY = link.key_for(NAMESPACE, COMMAND)
 READY_TIMEOUT = 90.0       # s: six nodes in two domains starting on two loaded cores
 CDR_LE_HEADER = b'\x00\x01\x00\x00'
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope='module')

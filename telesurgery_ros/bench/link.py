@@ -32,6 +32,7 @@ from telesurgery_ros.bench.stack import (
     BenchError, Recording, require_nodes, Stack, Unavailable, Window)
 from telesurgery_ros.bench.stats import cpu_percent, figure, summarize
 from telesurgery_ros.core.contract import arm_topics, console_topic
+from telesurgery_ros.domain import claim_domain, free_port
 
 RATE = 500.0                       # Hz, the console's command rate
 FEEDBACK_RATE = 200.0              # Hz, the slave's feedback rate
@@ -72,16 +73,9 @@ def _credentials(ctx):
     return folder
 
 
-def _free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _links(stack, folder, priority):
     """Start both links (SCHED_FIFO ``priority``, 0 = normal), patient first."""
-    endpoint = f'tls/127.0.0.1:{_free_port()}'
+    endpoint = f'tls/127.0.0.1:{free_port()}'
     common = {'certs': folder, 'link_endpoint': endpoint, 'realtime_priority': priority}
     stack.in_a.add('surgeon_link')
     stack.node('site_link', {**common, 'role': 'patient', 'profile': 'none'},
@@ -143,7 +137,6 @@ def _scheduling(priority):
 
 
 def run(ctx):
-    from telesurgery_ros.domain import claim_domain
     require_nodes('site_link')
     seconds = ctx.seconds(10.0, 2.0)
     soak_seconds = ctx.seconds(60.0, 3.0)
@@ -223,7 +216,7 @@ def _zenoh_floor(ctx, result, add, base, folder, seconds):
     ctx.progress(f"bare Zenoh hop at {RATE:g} Hz for {seconds:g} s (the links' TLS session, "
                  'no DDS)')
     from telesurgery_ros.bench import zenoh_hop
-    endpoint = f'tls/127.0.0.1:{_free_port()}'
+    endpoint = f'tls/127.0.0.1:{free_port()}'
     module = [sys.executable, '-m', 'telesurgery_ros.bench.zenoh_hop']
     window = Window()
     try:
